@@ -1,0 +1,30 @@
+//! Types and pure functions shared by every sweepfold crate.
+//!
+//! Architecture invariant: this crate does no network I/O and links neither
+//! gRPC nor libtorch; the coordinator, the agent and trainer-core all build
+//! on it.
+
+pub mod job_state;
+pub mod rng;
+pub mod settings;
+pub mod sweep;
+pub mod trainer_config;
+pub mod units;
+pub mod yaml_lines;
+
+pub use job_state::JobState;
+pub use sweep::{Sweep, SweepErrors, parse_sweep};
+pub use units::{Attempt, Bytes, JobId, SweepId};
+
+/// The error type of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Sweep(#[from] SweepErrors),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}

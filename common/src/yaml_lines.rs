@@ -1,0 +1,158 @@
+//! Where each key of a YAML document is, so an error found after
+//! deserialisation (say `kfold.folds` is 1) can still name its line.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// Maps key paths such as `kfold.folds` or `parameters.lr.values[1]` to the
+/// 1-based line where that key (or list item) starts.
+#[derive(Debug, Default, Clone)]
+pub struct KeyLines {
+    lines: HashMap<String, usize>,
+}
+
+impl KeyLines {
+    /// Indexes `src`. A document that does not parse yields an empty index
+    /// (the deserialiser reports the syntax error with its own location).
+    pub fn new(src: &str) -> Self {
+        let mut walker = Walker::default();
+        let mut parser = Parser::new_from_str(src);
+        if parser.load(&mut walker, false).is_err() {
+            return KeyLines::default();
+        }
+        KeyLines {
+            lines: walker.lines,
+        }
+    }
+
+    /// The line of `path`, or of its longest prefix that has one.
+    pub fn line_of(&self, path: &str) -> Option<usize> {
+        let mut p = path;
+        loop {
+            if let Some(&l) = self.lines.get(p) {
+                return Some(l);
+            }
+            let cut = p.rfind(['.', '['])?;
+            p = &p[..cut];
+        }
+    }
+}
+
+enum Frame {
+    /// A mapping; `key` is set while its value is being read.
+    Map {
+        path: String,
+        key: Option<String>,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
+}
+
+#[derive(Default)]
+struct Walker {
+    stack: Vec<Frame>,
+    lines: HashMap<String, usize>,
+}
+
+impl Walker {
+    /// Path of the node that starts now (a value position).
+    fn value_path(&self) -> String {
+        match self.stack.last() {
+            Some(Frame::Map { path, key: Some(k) }) => join(path, k),
+            Some(Frame::Seq { path, index }) => format!("{path}[{index}]"),
+            Some(Frame::Map { path, key: None }) => path.clone(),
+            None => String::new(),
+        }
+    }
+
+    /// Called when a value node has been read completely.
+    fn value_done(&mut self) {
+        match self.stack.last_mut() {
+            Some(Frame::Map { key, .. }) => *key = None,
+            Some(Frame::Seq { index, .. }) => *index += 1,
+            None => {}
+        }
+    }
+
+    fn node_start(&mut self, mark: Marker) {
+        let path = self.value_path();
+        if let Some(Frame::Seq { .. }) = self.stack.last() {
+            self.lines.entry(path).or_insert(mark.line());
+        }
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+impl MarkedEventReceiver for Walker {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        match ev {
+            Event::Scalar(text, ..) => {
+                if let Some(Frame::Map { path, key }) = self.stack.last_mut()
+                    && key.is_none()
+                {
+                    let full = join(path, &text);
+                    self.lines.entry(full).or_insert(mark.line());
+                    *key = Some(text);
+                    return;
+                }
+                self.node_start(mark);
+                self.value_done();
+            }
+            Event::Alias(_) => {
+                self.node_start(mark);
+                self.value_done();
+            }
+            Event::MappingStart(..) => {
+                self.node_start(mark);
+                let path = self.value_path();
+                self.stack.push(Frame::Map { path, key: None });
+            }
+            Event::SequenceStart(..) => {
+                self.node_start(mark);
+                let path = self.value_path();
+                self.stack.push(Frame::Seq { path, index: 0 });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+                self.value_done();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_nested_keys_and_list_items() {
+        let src = "name: x\nkfold:\n  folds: 5\n  seed: 1\nparameters:\n  lr: {values: [1, 2]}\n  wd:\n    values:\n      - 0.1\n      - 0.2\n";
+        let k = KeyLines::new(src);
+        assert_eq!(k.line_of("name"), Some(1));
+        assert_eq!(k.line_of("kfold.folds"), Some(3));
+        assert_eq!(k.line_of("kfold.seed"), Some(4));
+        assert_eq!(k.line_of("parameters.lr.values"), Some(6));
+        assert_eq!(k.line_of("parameters.wd.values[1]"), Some(10));
+        // Unknown sub-path falls back to the nearest known ancestor.
+        assert_eq!(k.line_of("kfold.learning_rate"), Some(2));
+        assert_eq!(k.line_of("nothing"), None);
+    }
+
+    #[test]
+    fn broken_yaml_gives_empty_index() {
+        let k = KeyLines::new("a: [1, 2\nb: 3");
+        assert_eq!(k.line_of("b"), None);
+    }
+}

@@ -1,0 +1,73 @@
+//! The coordinator's error type and its one mapping to gRPC status codes.
+
+use std::path::PathBuf;
+
+use sweepfold_common::{JobId, SweepErrors};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidSweep(#[from] SweepErrors),
+    #[error("no sweep with id or name `{0}`")]
+    SweepNotFound(String),
+    #[error("no job with id {0}")]
+    JobNotFound(JobId),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("data dir {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the store {} has schema version {found}, newer than this coordinator knows ({known}); run a newer sweepfold",
+        path.display()
+    )]
+    SchemaTooNew {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error(
+        "the coordinator's data dir is full; free disk space and retry (nothing stored was changed)"
+    )]
+    DiskFull,
+    #[error("store: {0}")]
+    Store(rusqlite::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => Error::DiskFull,
+            _ => Error::Store(e),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Code;
+        let code = match &e {
+            Error::InvalidSweep(_) | Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::SweepNotFound(_) | Error::JobNotFound(_) => Code::NotFound,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::DiskFull => Code::ResourceExhausted,
+            Error::DataDir { .. }
+            | Error::SchemaTooNew { .. }
+            | Error::Store(_)
+            | Error::Internal(_) => Code::Internal,
+        };
+        if code == Code::Internal {
+            tracing::error!(error = %e, "request failed");
+        }
+        tonic::Status::new(code, e.to_string())
+    }
+}

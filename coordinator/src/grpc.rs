@@ -1,0 +1,207 @@
+//! The gRPC services: request validation and message translation only; the
+//! work happens in [`CoordinatorHandle`].
+
+use std::pin::Pin;
+
+use sweepfold_common::JobId;
+use sweepfold_proto::v1 as pb;
+use sweepfold_proto::v1::coordinator_server::Coordinator;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::core::CoordinatorHandle;
+use crate::error::Error;
+use crate::store::SweepState;
+
+/// The user-facing `sweepfold.v1.Coordinator` service.
+pub struct CoordinatorService {
+    handle: CoordinatorHandle,
+}
+
+impl CoordinatorService {
+    pub fn new(handle: CoordinatorHandle) -> Self {
+        CoordinatorService { handle }
+    }
+}
+
+fn required(value: &str, field: &str) -> Result<String, Status> {
+    if value.trim().is_empty() {
+        Err(Error::InvalidArgument(format!("`{field}` is required")).into())
+    } else {
+        Ok(value.trim().to_string())
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchSweepResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn submit_sweep(
+        &self,
+        request: Request<pb::SubmitSweepRequest>,
+    ) -> Result<Response<pb::SubmitSweepResponse>, Status> {
+        let r = request.into_inner();
+        required(&r.sweep_yaml, "sweep_yaml")?;
+        let sweep = self
+            .handle
+            .submit(r.sweep_yaml, r.file_name, r.default_owner)
+            .await?;
+        Ok(Response::new(pb::SubmitSweepResponse {
+            sweep: Some(convert::sweep(&sweep)),
+        }))
+    }
+
+    async fn list_sweeps(
+        &self,
+        request: Request<pb::ListSweepsRequest>,
+    ) -> Result<Response<pb::ListSweepsResponse>, Status> {
+        let owner = Some(request.into_inner().owner).filter(|o| !o.is_empty());
+        let sweeps = self.handle.list_sweeps(owner).await?;
+        Ok(Response::new(pb::ListSweepsResponse {
+            sweeps: sweeps.iter().map(convert::sweep).collect(),
+        }))
+    }
+
+    async fn get_sweep(
+        &self,
+        request: Request<pb::GetSweepRequest>,
+    ) -> Result<Response<pb::GetSweepResponse>, Status> {
+        let reference = required(&request.into_inner().sweep, "sweep")?;
+        let (sweep, configs) = self.handle.sweep_with_configurations(reference).await?;
+        Ok(Response::new(pb::GetSweepResponse {
+            sweep: Some(convert::sweep(&sweep)),
+            configurations: configs.iter().map(convert::configuration).collect(),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let r = request.into_inner();
+        let reference = required(&r.sweep, "sweep")?;
+        let state = pb::JobState::try_from(r.state)
+            .map_err(|_| Error::InvalidArgument(format!("unknown job state {}", r.state)))?;
+        let jobs = self
+            .handle
+            .list_jobs(reference, convert::job_state_from_pb(state))
+            .await?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.iter().map(convert::job).collect(),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let id = JobId(request.into_inner().job_id);
+        let (job, history) = self.handle.get_job(id).await?;
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(convert::job(&job)),
+            history: history.iter().map(convert::event).collect(),
+            metrics: Vec::new(),
+        }))
+    }
+
+    async fn cancel_sweep(
+        &self,
+        request: Request<pb::CancelSweepRequest>,
+    ) -> Result<Response<pb::CancelSweepResponse>, Status> {
+        let reference = required(&request.into_inner().sweep, "sweep")?;
+        let (sweep, n) = self
+            .handle
+            .cancel_sweep(reference, "a user".to_string())
+            .await?;
+        Ok(Response::new(pb::CancelSweepResponse {
+            sweep: Some(convert::sweep(&sweep)),
+            cancelled_jobs: n,
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        Ok(Response::new(pb::ListAgentsResponse { agents: Vec::new() }))
+    }
+
+    type WatchSweepStream = WatchStream;
+
+    async fn watch_sweep(
+        &self,
+        request: Request<pb::WatchSweepRequest>,
+    ) -> Result<Response<Self::WatchSweepStream>, Status> {
+        let reference = required(&request.into_inner().sweep, "sweep")?;
+        // Subscribe before reading the snapshot so no change falls between.
+        let mut events = self.handle.subscribe();
+        let id = self.handle.resolve_sweep(reference).await?;
+        let (sweep, jobs) = self.handle.sweep_snapshot(id).await?;
+        let (tx, rx) = mpsc::channel(256);
+        let handle = self.handle.clone();
+        let shutdown = handle.shutdown_token();
+        tokio::spawn(async move {
+            use pb::watch_sweep_response::Event;
+            let send = |ev: Event| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(Ok(pb::WatchSweepResponse { event: Some(ev) }))
+                        .await
+                        .is_ok()
+                }
+            };
+            for job in &jobs {
+                if !send(Event::Snapshot(convert::job(job))).await {
+                    return;
+                }
+            }
+            if !send(Event::Sweep(convert::sweep(&sweep))).await
+                || sweep.state != SweepState::Active
+            {
+                return;
+            }
+            loop {
+                let received = tokio::select! {
+                    r = events.recv() => r,
+                    _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => return,
+                };
+                match received {
+                    Ok(ev) if ev.sweep_id == id => {
+                        if !send(Event::Change(convert::event(&ev))).await {
+                            return;
+                        }
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        // Too slow to follow: resend the whole state.
+                        tracing::debug!(sweep = id.0, missed, "watcher lagged; resending snapshot");
+                        let Ok((_, jobs)) = handle.sweep_snapshot(id).await else {
+                            return;
+                        };
+                        for job in &jobs {
+                            if !send(Event::Snapshot(convert::job(job))).await {
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+                // Send the sweep with its counts once the burst is drained.
+                if events.is_empty() {
+                    let Ok(sweep) = handle.get_sweep(id).await else {
+                        return;
+                    };
+                    let done = sweep.state != SweepState::Active;
+                    if !send(Event::Sweep(convert::sweep(&sweep))).await || done {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,16 @@
+//! The sweepfold coordinator: durable sweep queue, gRPC API and CLI.
+//!
+//! Architecture invariant: this crate never links libtorch or NVML; it
+//! builds and runs on a machine without a GPU.
+
+pub mod cli;
+pub mod config;
+pub mod convert;
+pub mod core;
+pub mod error;
+pub mod grpc;
+pub mod server;
+pub mod store;
+
+pub use crate::core::CoordinatorHandle;
+pub use error::{Error, Result};

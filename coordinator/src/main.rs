@@ -1,0 +1,233 @@
+//! `coordinator`: the server (`serve`) and the user CLI (everything else).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use coordinator::cli::{self, DEFAULT_COORDINATOR};
+use coordinator::config::{CoordinatorConfig, Flags};
+use coordinator::{CoordinatorHandle, server};
+use sweepfold_common::JobState;
+use sweepfold_common::settings::EnvSource;
+use sweepfold_common::sweep::Limits;
+
+#[derive(Parser)]
+#[command(
+    name = "coordinator",
+    version,
+    about = "sweepfold coordinator: queue hyper-parameter x K-fold sweeps, watch them, ensemble them"
+)]
+struct Cli {
+    /// Coordinator to talk to (user commands).
+    #[arg(long, global = true, env = "SWEEPFOLD_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    coordinator: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator server.
+    Serve {
+        /// TOML or YAML config file (see deploy/coordinator.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on, e.g. 0.0.0.0:7070.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Directory of the store and uploaded outputs.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validate a sweep file and queue its jobs.
+    Submit {
+        file: PathBuf,
+        /// Print the expansion (configurations x folds) and submit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Follow the sweep with a progress bar until it ends.
+        #[arg(long)]
+        watch: bool,
+        /// Cap on jobs for --dry-run (the server applies its own).
+        #[arg(long, default_value_t = sweepfold_common::sweep::DEFAULT_MAX_JOBS)]
+        max_jobs: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List sweeps, newest first.
+    Sweeps {
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one sweep and its configurations.
+    Sweep {
+        /// Sweep id or name.
+        sweep: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the jobs of a sweep.
+    Jobs {
+        /// Sweep id or name.
+        sweep: String,
+        /// Only jobs in this state (queued, assigned, running, succeeded, failed, cancelled).
+        #[arg(long, value_parser = parse_state)]
+        state: Option<JobState>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job: history, metrics, log tail.
+    Job {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List agents and their GPUs.
+    Agents {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a sweep's queued and running jobs.
+    Cancel {
+        /// Sweep id or name.
+        sweep: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a sweep until it ends.
+    Watch {
+        /// Sweep id or name.
+        sweep: String,
+    },
+}
+
+fn parse_state(s: &str) -> Result<JobState, String> {
+    JobState::parse(s).ok_or_else(|| {
+        format!(
+            "unknown state `{s}`; expected one of {}",
+            JobState::ALL.map(JobState::as_str).join(", ")
+        )
+    })
+}
+
+fn init_logging(default: &str) {
+    let filter = std::env::var("SWEEPFOLD_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default.to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+async fn serve(
+    config: Option<PathBuf>,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let cfg = CoordinatorConfig::load(
+        config.as_deref(),
+        EnvSource::Process,
+        &Flags { listen, data_dir },
+    )?;
+    let addr = cfg.listen_addr().map_err(anyhow::Error::msg)?;
+    let data_dir = cfg.data_dir.clone();
+    let handle = CoordinatorHandle::open(cfg)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, data_dir = %data_dir.display(), "coordinator listening");
+    server::serve(handle, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let url = cli.coordinator;
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => serve(config, listen, data_dir).await,
+        Command::Submit {
+            file,
+            dry_run,
+            watch,
+            max_jobs,
+            json,
+        } => {
+            let (text, name, sweep) = cli::read_sweep_file(&file, Limits { max_jobs })?;
+            if dry_run {
+                return cli::print_dry_run(&sweep, json);
+            }
+            let mut client = cli::connect(&url).await?;
+            let submitted = cli::submit(&mut client, text, name, json).await?;
+            if watch {
+                cli::watch(&mut client, submitted.id.to_string()).await?;
+            }
+            Ok(())
+        }
+        Command::Sweeps { owner, json } => {
+            cli::sweeps(&mut cli::connect(&url).await?, owner, json).await
+        }
+        Command::Sweep { sweep, json } => {
+            cli::sweep(&mut cli::connect(&url).await?, sweep, json).await
+        }
+        Command::Jobs { sweep, state, json } => {
+            cli::jobs(&mut cli::connect(&url).await?, sweep, state, json).await
+        }
+        Command::Job { id, json } => cli::job(&mut cli::connect(&url).await?, id, json).await,
+        Command::Agents { json } => cli::agents(&mut cli::connect(&url).await?, json).await,
+        Command::Cancel { sweep, json } => {
+            cli::cancel(&mut cli::connect(&url).await?, sweep, json).await
+        }
+        Command::Watch { sweep } => cli::watch(&mut cli::connect(&url).await?, sweep)
+            .await
+            .map(|_| ()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    });
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! The coordinator's durable state: one SQLite database in the data dir.
+//!
+//! The store is the truth. Every change is committed here before it is
+//! acknowledged to a client or reflected in memory, so a `kill -9` at any
+//! moment loses nothing that was acknowledged. The database runs in WAL mode
+//! with `synchronous=FULL` (a commit survives power loss, not only a crash).
+//!
+//! Schema changes are numbered SQL files under `coordinator/migrations/`,
+//! applied in order and tracked by `PRAGMA user_version`.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use sweepfold_common::sweep::Sweep;
+use sweepfold_common::{Attempt, Bytes, JobId, JobState, SweepId};
+
+use crate::error::{Error, Result};
+
+/// Migrations in order; `user_version` N means the first N are applied.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_initial",
+    include_str!("../migrations/0001_initial.sql"),
+)];
+
+/// File name of the database inside the data dir.
+pub const DB_FILE: &str = "sweepfold.db";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepState {
+    Active,
+    Finished,
+    Cancelled,
+}
+
+impl SweepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SweepState::Active => "active",
+            SweepState::Finished => "finished",
+            SweepState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> rusqlite::Result<SweepState> {
+        Ok(match s {
+            "active" => SweepState::Active,
+            "finished" => SweepState::Finished,
+            "cancelled" => SweepState::Cancelled,
+            other => return Err(bad_column("sweeps.state", other)),
+        })
+    }
+}
+
+/// Number of jobs per state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    pub queued: u32,
+    pub assigned: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub cancelled: u32,
+}
+
+impl JobCounts {
+    fn add(&mut self, state: JobState, n: u32) {
+        match state {
+            JobState::Queued => self.queued += n,
+            JobState::Assigned => self.assigned += n,
+            JobState::Running => self.running += n,
+            JobState::Succeeded => self.succeeded += n,
+            JobState::Failed => self.failed += n,
+            JobState::Cancelled => self.cancelled += n,
+        }
+    }
+
+    pub fn total(&self) -> u32 {
+        self.queued + self.assigned + self.running + self.succeeded + self.failed + self.cancelled
+    }
+
+    pub fn finished(&self) -> u32 {
+        self.succeeded + self.failed + self.cancelled
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepRecord {
+    pub id: SweepId,
+    pub name: String,
+    pub owner: String,
+    pub priority: i32,
+    pub method: String,
+    pub kind: String,
+    pub dataset: String,
+    pub folds: u32,
+    pub fold_seed: u64,
+    pub gpu_memory: Option<Bytes>,
+    pub retries: u32,
+    pub ensemble_method: Option<String>,
+    pub state: SweepState,
+    pub source_yaml: String,
+    pub file_name: String,
+    pub submitted_at_ms: i64,
+    pub configurations: u32,
+    pub counts: JobCounts,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigRecord {
+    pub index: u32,
+    pub params_json: String,
+    pub spec_json: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub sweep_id: SweepId,
+    pub config_index: u32,
+    pub fold: u32,
+    pub state: JobState,
+    pub attempt: Attempt,
+    pub failures: u32,
+    pub last_error: String,
+    pub log_tail: String,
+    pub agent: String,
+    pub gpu_uuid: String,
+    pub memory_estimate: Bytes,
+    pub updated_at_ms: i64,
+    pub params_json: String,
+}
+
+/// One state change of one job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRecord {
+    pub job_id: JobId,
+    pub sweep_id: SweepId,
+    pub config_index: u32,
+    pub fold: u32,
+    pub attempt: Attempt,
+    /// `None` when the job was created.
+    pub from: Option<JobState>,
+    pub to: JobState,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
+/// What [`Store::insert_sweep`] needs besides the expanded sweep.
+pub struct NewSweep<'a> {
+    pub sweep: &'a Sweep,
+    pub owner: &'a str,
+    pub source_yaml: &'a str,
+    pub file_name: &'a str,
+    pub now_ms: i64,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn bad_column(column: &str, value: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("unexpected value `{value}` in {column}").into(),
+    )
+}
+
+fn parse_state(s: &str) -> rusqlite::Result<JobState> {
+    JobState::parse(s).ok_or_else(|| bad_column("jobs.state", s))
+}
+
+const JOB_COLUMNS: &str = "j.id, j.sweep_id, j.config_index, j.fold, j.state, j.attempt, j.failures, \
+     j.last_error, j.log_tail, j.agent, j.gpu_uuid, j.memory_estimate, j.updated_at_ms, c.params_json";
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
+        id: JobId(r.get(0)?),
+        sweep_id: SweepId(r.get(1)?),
+        config_index: r.get(2)?,
+        fold: r.get(3)?,
+        state: parse_state(&r.get::<_, String>(4)?)?,
+        attempt: Attempt(r.get(5)?),
+        failures: r.get(6)?,
+        last_error: r.get(7)?,
+        log_tail: r.get(8)?,
+        agent: r.get(9)?,
+        gpu_uuid: r.get(10)?,
+        memory_estimate: Bytes(r.get::<_, i64>(11)? as u64),
+        updated_at_ms: r.get(12)?,
+        params_json: r.get(13)?,
+    })
+}
+
+const SWEEP_COLUMNS: &str = "id, name, owner, priority, method, kind, dataset, folds, fold_seed, \
+     gpu_memory, retries, ensemble_method, state, source_yaml, file_name, submitted_at_ms";
+
+fn sweep_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SweepRecord> {
+    Ok(SweepRecord {
+        id: SweepId(r.get(0)?),
+        name: r.get(1)?,
+        owner: r.get(2)?,
+        priority: r.get(3)?,
+        method: r.get(4)?,
+        kind: r.get(5)?,
+        dataset: r.get(6)?,
+        folds: r.get(7)?,
+        fold_seed: r.get::<_, i64>(8)? as u64,
+        gpu_memory: r.get::<_, Option<i64>>(9)?.map(|b| Bytes(b as u64)),
+        retries: r.get(10)?,
+        ensemble_method: r.get(11)?,
+        state: SweepState::parse(&r.get::<_, String>(12)?)?,
+        source_yaml: r.get(13)?,
+        file_name: r.get(14)?,
+        submitted_at_ms: r.get(15)?,
+        configurations: 0,
+        counts: JobCounts::default(),
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir` and applies any
+    /// pending migrations.
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(data_dir).map_err(|source| Error::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Internal(format!(
+                "could not put {} in WAL mode (got {mode})",
+                path.display()
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+        let mut store = Store { conn, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Schema version now in the database.
+    pub fn schema_version(&self) -> Result<u32> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let current = self.schema_version()? as usize;
+        if current > MIGRATIONS.len() {
+            return Err(Error::SchemaTooNew {
+                path: self.path.clone(),
+                found: current as u32,
+                known: MIGRATIONS.len() as u32,
+            });
+        }
+        for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(current) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)
+                .map_err(|e| Error::Internal(format!("migration {name} failed: {e}")))?;
+            tx.pragma_update(None, "user_version", (i + 1) as u32)?;
+            tx.commit()?;
+            tracing::info!(migration = name, "applied store migration");
+        }
+        Ok(())
+    }
+
+    /// Commits a validated, expanded sweep with all its jobs `queued`, in one
+    /// transaction: either everything is stored or nothing is.
+    pub fn insert_sweep(&mut self, new: &NewSweep<'_>) -> Result<SweepRecord> {
+        let s = new.sweep;
+        let f = &s.file;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO sweeps (name, owner, priority, method, kind, dataset, folds, fold_seed, \
+             gpu_memory, retries, ensemble_method, state, source_yaml, file_name, submitted_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, ?13, ?14)",
+            params![
+                f.name,
+                new.owner,
+                f.priority,
+                f.method.as_str(),
+                s.kind(),
+                f.dataset,
+                f.kfold.folds,
+                f.kfold.seed as i64,
+                f.resources.gpu_memory.map(|b| b.get() as i64),
+                f.retries,
+                f.ensemble.as_ref().map(|e| e.method.as_str()),
+                new.source_yaml,
+                new.file_name,
+                new.now_ms,
+            ],
+        )?;
+        let sweep_id = tx.last_insert_rowid();
+        let estimate = f.resources.gpu_memory.map_or(0, |b| b.get() as i64);
+        {
+            let mut conf = tx.prepare(
+                "INSERT INTO configurations (sweep_id, config_index, params_json, spec_json) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut job = tx.prepare(
+                "INSERT INTO jobs (sweep_id, config_index, fold, state, memory_estimate, updated_at_ms) \
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
+            )?;
+            let mut event = tx.prepare(
+                "INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, at_ms) \
+                 VALUES (?1, 0, NULL, 'queued', 'submitted', ?2)",
+            )?;
+            for c in &s.configurations {
+                let params_json = serde_json::to_string(&c.params).map_err(json_err)?;
+                let spec_json = serde_json::to_string(&c.spec).map_err(json_err)?;
+                conf.execute(params![sweep_id, c.index, params_json, spec_json])?;
+                for fold in 0..f.kfold.folds {
+                    job.execute(params![sweep_id, c.index, fold, estimate, new.now_ms])?;
+                    event.execute(params![tx.last_insert_rowid(), new.now_ms])?;
+                }
+            }
+        }
+        tx.commit()?;
+        self.get_sweep(SweepId(sweep_id))?
+            .ok_or_else(|| Error::Internal("sweep vanished after insert".into()))
+    }
+
+    /// Finds a sweep by numeric id or by name (the most recent of that name).
+    pub fn resolve_sweep(&self, reference: &str) -> Result<SweepId> {
+        let reference = reference.trim();
+        if let Ok(id) = reference.parse::<i64>() {
+            let found: Option<i64> = self
+                .conn
+                .query_row("SELECT id FROM sweeps WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?;
+            return found
+                .map(SweepId)
+                .ok_or_else(|| Error::SweepNotFound(reference.to_string()));
+        }
+        self.conn
+            .query_row(
+                "SELECT id FROM sweeps WHERE name = ?1 ORDER BY id DESC LIMIT 1",
+                [reference],
+                |r| r.get(0),
+            )
+            .optional()?
+            .map(SweepId)
+            .ok_or_else(|| Error::SweepNotFound(reference.to_string()))
+    }
+
+    pub fn get_sweep(&self, id: SweepId) -> Result<Option<SweepRecord>> {
+        let sweep = self
+            .conn
+            .query_row(
+                &format!("SELECT {SWEEP_COLUMNS} FROM sweeps WHERE id = ?1"),
+                [id.0],
+                sweep_from_row,
+            )
+            .optional()?;
+        match sweep {
+            Some(mut s) => {
+                self.fill_counts(&mut s)?;
+                Ok(Some(s))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// All sweeps, newest first; only `owner`'s when given.
+    pub fn list_sweeps(&self, owner: Option<&str>) -> Result<Vec<SweepRecord>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {SWEEP_COLUMNS} FROM sweeps WHERE ?1 IS NULL OR owner = ?1 ORDER BY id DESC"
+        ))?;
+        let mut sweeps = stmt
+            .query_map([owner], sweep_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for s in &mut sweeps {
+            self.fill_counts(s)?;
+        }
+        Ok(sweeps)
+    }
+
+    fn fill_counts(&self, s: &mut SweepRecord) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT state, COUNT(*) FROM jobs WHERE sweep_id = ?1 GROUP BY state",
+        )?;
+        let rows = stmt.query_map([s.id.0], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
+        })?;
+        let mut counts = JobCounts::default();
+        for row in rows {
+            let (state, n) = row?;
+            counts.add(parse_state(&state)?, n);
+        }
+        s.counts = counts;
+        s.configurations = self.conn.query_row(
+            "SELECT COUNT(*) FROM configurations WHERE sweep_id = ?1",
+            [s.id.0],
+            |r| r.get(0),
+        )?;
+        Ok(())
+    }
+
+    pub fn configurations(&self, sweep: SweepId) -> Result<Vec<ConfigRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT config_index, params_json, spec_json FROM configurations \
+             WHERE sweep_id = ?1 ORDER BY config_index",
+        )?;
+        let rows = stmt.query_map([sweep.0], |r| {
+            Ok(ConfigRecord {
+                index: r.get(0)?,
+                params_json: r.get(1)?,
+                spec_json: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Jobs of a sweep ordered by configuration then fold.
+    pub fn list_jobs(&self, sweep: SweepId, state: Option<JobState>) -> Result<Vec<JobRecord>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j JOIN configurations c \
+             ON c.sweep_id = j.sweep_id AND c.config_index = j.config_index \
+             WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.state = ?2) \
+             ORDER BY j.config_index, j.fold"
+        ))?;
+        let rows = stmt.query_map(params![sweep.0, state.map(|s| s.as_str())], job_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn get_job(&self, id: JobId) -> Result<Option<JobRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs j JOIN configurations c \
+                     ON c.sweep_id = j.sweep_id AND c.config_index = j.config_index WHERE j.id = ?1"
+                ),
+                [id.0],
+                job_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Every state change of a job, oldest first.
+    pub fn job_history(&self, id: JobId) -> Result<Vec<EventRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT e.job_id, j.sweep_id, j.config_index, j.fold, e.attempt, e.from_state, \
+             e.to_state, e.reason, e.at_ms FROM job_events e JOIN jobs j ON j.id = e.job_id \
+             WHERE e.job_id = ?1 ORDER BY e.id",
+        )?;
+        let rows = stmt.query_map([id.0], |r| {
+            Ok(EventRecord {
+                job_id: JobId(r.get(0)?),
+                sweep_id: SweepId(r.get(1)?),
+                config_index: r.get(2)?,
+                fold: r.get(3)?,
+                attempt: Attempt(r.get(4)?),
+                from: r
+                    .get::<_, Option<String>>(5)?
+                    .map(|s| parse_state(&s))
+                    .transpose()?,
+                to: parse_state(&r.get::<_, String>(6)?)?,
+                reason: r.get(7)?,
+                at_ms: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Cancels every job of the sweep that is not final and marks the sweep
+    /// cancelled. Returns the changes (assigned and running ones name the
+    /// agent that must stop them).
+    pub fn cancel_sweep(
+        &mut self,
+        sweep: SweepId,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(EventRecord, JobRecord)>> {
+        let tx = self.conn.transaction()?;
+        let jobs = jobs_in(&tx, sweep)?;
+        let mut changes = Vec::new();
+        for job in jobs.into_iter().filter(|j| !j.state.is_final()) {
+            let ev = set_state(&tx, &job, JobState::Cancelled, reason, now_ms)?;
+            changes.push((ev, job));
+        }
+        tx.execute(
+            "UPDATE sweeps SET state = 'cancelled' WHERE id = ?1 AND state = 'active'",
+            [sweep.0],
+        )?;
+        tx.commit()?;
+        Ok(changes)
+    }
+}
+
+fn jobs_in(tx: &Transaction<'_>, sweep: SweepId) -> Result<Vec<JobRecord>> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs j JOIN configurations c \
+         ON c.sweep_id = j.sweep_id AND c.config_index = j.config_index WHERE j.sweep_id = ?1"
+    ))?;
+    let rows = stmt.query_map([sweep.0], job_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Moves `job` to `to` and records the change; the caller commits.
+fn set_state(
+    tx: &Transaction<'_>,
+    job: &JobRecord,
+    to: JobState,
+    reason: &str,
+    now_ms: i64,
+) -> Result<EventRecord> {
+    let error = if matches!(to, JobState::Failed | JobState::Cancelled) {
+        reason
+    } else {
+        job.last_error.as_str()
+    };
+    tx.execute(
+        "UPDATE jobs SET state = ?2, last_error = ?3, updated_at_ms = ?4 WHERE id = ?1",
+        params![job.id.0, to.as_str(), error, now_ms],
+    )?;
+    tx.execute(
+        "INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, at_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            job.id.0,
+            job.attempt.0,
+            job.state.as_str(),
+            to.as_str(),
+            reason,
+            now_ms
+        ],
+    )?;
+    Ok(EventRecord {
+        job_id: job.id,
+        sweep_id: job.sweep_id,
+        config_index: job.config_index,
+        fold: job.fold,
+        attempt: job.attempt,
+        from: Some(job.state),
+        to,
+        reason: reason.to_string(),
+        at_ms: now_ms,
+    })
+}
+
+fn json_err(e: serde_json::Error) -> Error {
+    Error::Internal(format!("could not encode configuration: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sweepfold_common::sweep::{Limits, parse_sweep};
+
+    const SRC: &str = "name: s\nkfold: {folds: 3}\ndataset: d\ntrainer: {model: resnet18}\nparameters:\n  lr: {values: [0.1, 0.2]}\nresources: {gpu_memory: 2GiB}\n";
+
+    fn submit(store: &mut Store, src: &str) -> SweepRecord {
+        let sweep = parse_sweep(src, "s.yaml", Limits::default()).unwrap();
+        store
+            .insert_sweep(&NewSweep {
+                sweep: &sweep,
+                owner: "ann",
+                source_yaml: src,
+                file_name: "s.yaml",
+                now_ms: 1000,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn insert_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let s = submit(&mut store, SRC);
+        assert_eq!(s.configurations, 2);
+        assert_eq!(s.counts.queued, 6);
+        assert_eq!(s.counts.total(), 6);
+        assert_eq!(s.state, SweepState::Active);
+        assert_eq!(s.gpu_memory, Some(Bytes::from_gib(2)));
+        let jobs = store.list_jobs(s.id, None).unwrap();
+        let pairs: Vec<_> = jobs.iter().map(|j| (j.config_index, j.fold)).collect();
+        assert_eq!(pairs, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+        assert!(jobs.iter().all(|j| j.state == JobState::Queued));
+        assert_eq!(jobs[3].params_json, r#"{"lr":0.2}"#);
+        assert_eq!(jobs[0].memory_estimate, Bytes::from_gib(2));
+        let hist = store.job_history(jobs[0].id).unwrap();
+        assert_eq!(hist.len(), 1);
+        assert_eq!((hist[0].from, hist[0].to), (None, JobState::Queued));
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let mut store = Store::open(dir.path()).unwrap();
+            submit(&mut store, SRC).id
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        let jobs = store.list_jobs(id, None).unwrap();
+        assert_eq!(jobs.len(), 6);
+    }
+
+    #[test]
+    fn resolves_by_id_and_latest_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let a = submit(&mut store, SRC);
+        let b = submit(&mut store, SRC);
+        assert_eq!(store.resolve_sweep(&a.id.to_string()).unwrap(), a.id);
+        assert_eq!(store.resolve_sweep("s").unwrap(), b.id);
+        assert!(matches!(
+            store.resolve_sweep("nope"),
+            Err(Error::SweepNotFound(_))
+        ));
+        assert!(matches!(
+            store.resolve_sweep("999"),
+            Err(Error::SweepNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn cancel_moves_open_jobs_and_records_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let s = submit(&mut store, SRC);
+        let changes = store.cancel_sweep(s.id, "cancelled by ann", 2000).unwrap();
+        assert_eq!(changes.len(), 6);
+        let s = store.get_sweep(s.id).unwrap().unwrap();
+        assert_eq!(s.state, SweepState::Cancelled);
+        assert_eq!(s.counts.cancelled, 6);
+        let job = &store.list_jobs(s.id, None).unwrap()[0];
+        assert_eq!(job.last_error, "cancelled by ann");
+        let hist = store.job_history(job.id).unwrap();
+        assert_eq!(hist.last().unwrap().to, JobState::Cancelled);
+        // Cancelling again changes nothing.
+        assert!(store.cancel_sweep(s.id, "again", 3000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn refuses_a_store_from_a_newer_version() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.conn.pragma_update(None, "user_version", 99).unwrap();
+        }
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+}

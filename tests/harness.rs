@@ -200,6 +200,105 @@ impl Drop for Coordinator {
     }
 }
 
+/// A running `agent run`.
+pub struct Agent {
+    child: Option<Child>,
+    pub name: String,
+    pub log: LogLines,
+}
+
+impl Agent {
+    /// Starts an agent and waits until it has registered.
+    pub fn start(coordinator_url: &str, name: &str, work_dir: &Path, args: &[&str]) -> Agent {
+        let agent = Self::spawn(coordinator_url, name, work_dir, args);
+        wait_for(
+            &format!("agent {name} to register"),
+            Duration::from_secs(60),
+            || {
+                agent
+                    .log
+                    .contains("registered with the coordinator")
+                    .then_some(())
+            },
+        );
+        agent
+    }
+
+    /// Starts an agent without waiting for it to register.
+    pub fn spawn(coordinator_url: &str, name: &str, work_dir: &Path, args: &[&str]) -> Agent {
+        let mut child = Command::new(bin("agent"))
+            .arg("run")
+            .arg("--coordinator")
+            .arg(coordinator_url)
+            .arg("--name")
+            .arg(name)
+            .arg("--work-dir")
+            .arg(work_dir)
+            .args(args)
+            .current_dir(repo_root())
+            .env("SWEEPFOLD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agent");
+        let log = LogLines::default();
+        log.follow(child.stderr.take().unwrap(), name.to_string());
+        Agent {
+            child: Some(child),
+            name: name.to_string(),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: the agent's job processes are left behind, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit on its own; returns its status.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        wait_for("the agent to exit", timeout, || {
+            child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The shared mnist-sketch dataset (`SWEEPFOLD_MNIST_SKETCH` overrides).
+pub fn mnist_sketch() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SWEEPFOLD_MNIST_SKETCH") {
+        return dir.into();
+    }
+    repo_root().join("../shared/datasets/mnist-sketch")
+}
+
 /// Runs `coordinator --coordinator URL ARGS...`.
 pub fn cli(url: &str, args: &[&str]) -> Output {
     Command::new(bin("coordinator"))

@@ -1,4 +1,293 @@
-fn main() {
-    eprintln!("error: the sweepfold agent is not built yet (it arrives with the agents issue)");
-    std::process::exit(1);
+//! `agent`: `run` serves one GPU box; `gpus` prints what NVML sees.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent::config::{AgentConfig, Flags, parse_dataset_flag};
+use agent::datasets::Datasets;
+use agent::gpu::{FakeProbe, GpuProbe, NvmlProbe};
+use agent::jobs::JobManager;
+use agent::session::Agent;
+use agent::upload::Uploader;
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
+use sweepfold_common::Bytes;
+use sweepfold_common::settings::EnvSource;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "agent",
+    version,
+    about = "sweepfold agent: runs jobs on this machine's GPUs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect to the coordinator and run the jobs that fit.
+    Run {
+        /// TOML or YAML config file (see deploy/agent.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        coordinator: Option<String>,
+        /// Agent name (default: the hostname).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// A dataset this agent holds: NAME=PATH (repeatable).
+        #[arg(long = "dataset", value_parser = parse_dataset_flag)]
+        datasets: Vec<(String, PathBuf)>,
+        /// Run jobs on the CPU (no NVIDIA driver needed).
+        #[arg(long)]
+        cpu: bool,
+        /// With --cpu: jobs at once.
+        #[arg(long)]
+        cpu_slots: Option<u32>,
+        /// Simulated GPUs for tests, e.g. 2x16GiB,1x32GiB.
+        #[arg(long)]
+        fake_gpus: Option<String>,
+    },
+    /// Print this machine's GPUs, their memory and compute processes.
+    Gpus {
+        /// Show a simulated inventory instead (e.g. 2x16GiB).
+        #[arg(long)]
+        fake_gpus: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs one trainer job (started by the agent itself).
+    #[command(name = "__job", hide = true)]
+    Job {
+        #[arg(long)]
+        job_dir: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = std::env::var("SWEEPFOLD_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn no_gpu_hint(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!(
+        "no usable NVIDIA GPU on this machine ({e}); start the agent with --cpu to run jobs on the CPU, or --fake-gpus for tests"
+    )
+}
+
+fn make_probe(cfg: &AgentConfig) -> anyhow::Result<Option<Arc<dyn GpuProbe>>> {
+    if cfg.cpu {
+        tracing::info!(slots = cfg.cpu_slots, "running jobs on the CPU (--cpu)");
+        return Ok(None);
+    }
+    if let Some(spec) = &cfg.fake_gpus {
+        let probe = FakeProbe::new(spec, &cfg.name).map_err(anyhow::Error::msg)?;
+        tracing::warn!(inventory = %spec, "USING A FAKE GPU INVENTORY: memory is simulated and jobs run on the CPU; never use this on a real GPU box");
+        return Ok(Some(Arc::new(probe)));
+    }
+    let probe = NvmlProbe::new().map_err(no_gpu_hint)?;
+    let gpus = probe.read().map_err(no_gpu_hint)?;
+    if gpus.is_empty() {
+        return Err(no_gpu_hint("NVML reports no GPU"));
+    }
+    tracing::info!(probe = %probe.describe(), gpus = gpus.len(), "GPUs found");
+    Ok(Some(Arc::new(probe)))
+}
+
+async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let probe = make_probe(&cfg)?;
+    std::fs::create_dir_all(&cfg.work_dir)
+        .with_context(|| format!("cannot create work dir {}", cfg.work_dir.display()))?;
+    let datasets = Arc::new(Datasets::load(&cfg.datasets)?);
+    if cfg.datasets.is_empty() {
+        tracing::warn!("no datasets configured (--dataset NAME=PATH): this agent will get no jobs");
+    }
+    let url = if cfg.coordinator.contains("://") {
+        cfg.coordinator.clone()
+    } else {
+        format!("http://{}", cfg.coordinator)
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|_| anyhow!("`{url}` is not a valid coordinator URL"))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    let uploader = Uploader::new(
+        channel.clone(),
+        cfg.name.clone(),
+        Duration::from_millis(cfg.reconnect_max_ms),
+    );
+    let jobs = JobManager::new(cfg.clone(), probe.clone(), datasets.clone(), uploader);
+    let agent = Arc::new(Agent::new(
+        cfg.clone(),
+        probe,
+        datasets,
+        jobs.clone(),
+        channel,
+    ));
+
+    let session_stop = CancellationToken::new();
+    let signal_stop = session_stop.clone();
+    let jobs_for_stop = jobs.clone();
+    let grace = Duration::from_millis(cfg.cancel_grace_ms + 5_000);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!(
+            running = jobs_for_stop.running_count(),
+            "stopping: cancelling running jobs"
+        );
+        jobs_for_stop.cancel_all("the agent is shutting down");
+        let start = Instant::now();
+        while jobs_for_stop.running_count() > 0 && start.elapsed() < grace {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Give the session a moment to report the cancellations.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        signal_stop.cancel();
+    });
+    tracing::info!(agent = %cfg.name, coordinator = %url, "agent starting");
+    agent
+        .run(session_stop, || {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        })
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+fn gpus(fake: Option<String>, json: bool) -> anyhow::Result<()> {
+    let probe: Box<dyn GpuProbe> = match fake {
+        Some(spec) => {
+            Box::new(FakeProbe::new(&spec, &agent::hostname()).map_err(anyhow::Error::msg)?)
+        }
+        None => Box::new(NvmlProbe::new().map_err(no_gpu_hint)?),
+    };
+    let gpus = probe.read()?;
+    if json {
+        let v: Vec<serde_json::Value> = gpus
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "index": g.index, "uuid": g.uuid, "name": g.name,
+                    "total_memory_bytes": g.total.get(), "used_memory_bytes": g.used.get(),
+                    "free_memory_bytes": g.free.get(), "utilization_percent": g.utilization_percent,
+                    "processes": g.processes.iter().map(|p| serde_json::json!({
+                        "pid": p.pid, "name": p.name, "used_memory_bytes": p.used.get(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{} ({} GPU{})",
+        probe.describe(),
+        gpus.len(),
+        if gpus.len() == 1 { "" } else { "s" }
+    );
+    println!(
+        "{:<5} {:<42} {:<28} {:>10} {:>10} {:>10} {:>5}",
+        "INDEX", "UUID", "NAME", "TOTAL", "USED", "FREE", "UTIL"
+    );
+    for g in &gpus {
+        println!(
+            "{:<5} {:<42} {:<28} {:>10} {:>10} {:>10} {:>4}%",
+            g.index,
+            g.uuid,
+            g.name,
+            g.total.to_string(),
+            g.used.to_string(),
+            g.free.to_string(),
+            g.utilization_percent
+        );
+        for p in &g.processes {
+            println!(
+                "      process {:>8} {:<20} {:>10}",
+                p.pid,
+                if p.name.is_empty() { "?" } else { &p.name },
+                Bytes::to_string(&p.used)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Job { job_dir } = &cli.command {
+        // The job's stdout is the protocol channel; errors go to stderr.
+        return match agent::runner::run_job(job_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logging();
+    let result = match cli.command {
+        Command::Run {
+            config,
+            coordinator,
+            name,
+            work_dir,
+            datasets,
+            cpu,
+            cpu_slots,
+            fake_gpus,
+        } => AgentConfig::load(
+            config.as_deref(),
+            EnvSource::Process,
+            &Flags {
+                coordinator,
+                name,
+                work_dir,
+                datasets,
+                cpu,
+                cpu_slots,
+                fake_gpus,
+            },
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| {
+            tokio::runtime::Runtime::new()
+                .context("cannot start the async runtime")?
+                .block_on(run(cfg))
+        }),
+        Command::Gpus { fake_gpus, json } => gpus(fake_gpus, json),
+        Command::Job { .. } => unreachable!("handled above"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

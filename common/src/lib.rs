@@ -4,7 +4,11 @@
 //! gRPC nor libtorch; the coordinator, the agent and trainer-core all build
 //! on it.
 
+pub mod dataset;
+pub mod folds;
+pub mod job_protocol;
 pub mod job_state;
+pub mod npy;
 pub mod rng;
 pub mod settings;
 pub mod sweep;
@@ -15,6 +19,16 @@ pub mod yaml_lines;
 pub use job_state::JobState;
 pub use sweep::{Sweep, SweepErrors, parse_sweep};
 pub use units::{Attempt, Bytes, JobId, SweepId};
+
+/// The shared mnist-sketch dataset used by tests and benchmarks:
+/// `SWEEPFOLD_MNIST_SKETCH` if set, else `../shared/datasets/mnist-sketch`
+/// next to the repository.
+pub fn mnist_sketch_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("SWEEPFOLD_MNIST_SKETCH") {
+        return dir.into();
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/mnist-sketch")
+}
 
 /// The error type of this crate.
 #[derive(Debug, thiserror::Error)]

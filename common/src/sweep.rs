@@ -180,6 +180,23 @@ impl JobSpec {
             JobSpec::Command(_) => "command",
         }
     }
+
+    /// Jobs with equal keys are expected to need the same GPU memory, so a
+    /// peak learned from one serves as the estimate of the others. Trainer
+    /// jobs: model, image size, batch size and precision; command jobs: the
+    /// configuration itself.
+    pub fn memory_key(&self, sweep_id: i64, config_index: u32) -> String {
+        match self {
+            JobSpec::Trainer(c) => format!(
+                "trainer/{}/{}/{}/{}",
+                c.model,
+                c.image_size,
+                c.batch_size,
+                c.precision.as_str()
+            ),
+            JobSpec::Command(_) => format!("command/sweep-{sweep_id}/config-{config_index}"),
+        }
+    }
 }
 
 /// One point of the search space.

@@ -566,10 +566,21 @@ pub async fn job(client: &mut Client, id: i64, json: bool) -> anyhow::Result<()>
                 })
             })
             .collect();
+        let outputs: Vec<Value> = r
+            .outputs
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "role": o.role, "sha256": o.sha256, "path": o.path,
+                    "dtype": o.dtype, "shape": o.shape, "size_bytes": o.size_bytes,
+                })
+            })
+            .collect();
         return print_json(&serde_json::json!({
             "job": JobJson::from(&j),
             "history": history,
             "metrics": metrics,
+            "outputs": outputs,
             "log_tail": j.log_tail,
         }));
     }
@@ -584,7 +595,12 @@ pub async fn job(client: &mut Client, id: i64, json: bool) -> anyhow::Result<()>
     );
     println!("  parameters: {}", params_inline(&j.params_json));
     if !j.agent.is_empty() {
-        println!("  agent {} gpu {}", j.agent, j.gpu_uuid);
+        let device = if j.gpu_uuid.is_empty() {
+            "cpu"
+        } else {
+            &j.gpu_uuid
+        };
+        println!("  agent {} device {device}", j.agent);
     }
     if !j.last_error.is_empty() {
         println!("  last error: {}", j.last_error);
@@ -620,12 +636,24 @@ pub async fn job(client: &mut Client, id: i64, json: bool) -> anyhow::Result<()>
                 format!("{:.4}", e.train_loss),
                 format!("{:.4}", e.val_loss),
                 format!("{:.4}", e.val_accuracy),
-                format!("{:.2e}", e.learning_rate),
+                short_number(&serde_json::Number::from_f64(e.learning_rate).unwrap_or(0.into())),
                 format!("{:.0}", e.images_per_second),
                 Bytes(e.peak_gpu_memory_bytes).to_string(),
             ]);
         }
         print!("{}", m.render());
+    }
+    if !r.outputs.is_empty() {
+        let mut o = Table::new(vec!["OUTPUT", "DTYPE", "SHAPE", "PATH"]);
+        for f in &r.outputs {
+            o.row(vec![
+                f.role.clone(),
+                f.dtype.clone(),
+                format!("{:?}", f.shape),
+                f.path.clone(),
+            ]);
+        }
+        print!("{}", o.render());
     }
     if !j.log_tail.is_empty() {
         println!("  log tail:\n{}", j.log_tail);

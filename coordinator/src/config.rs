@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sweepfold_common::Bytes;
 use sweepfold_common::settings::{EnvSource, SettingsError, load_layered};
+
+use crate::scheduler::Policy;
 
 /// Prefix of the coordinator's environment variables, e.g.
 /// `SWEEPFOLD_COORDINATOR_LISTEN=0.0.0.0:7070`.
@@ -20,6 +23,43 @@ pub struct CoordinatorConfig {
     pub data_dir: PathBuf,
     /// Largest number of jobs (configurations x folds) one sweep may have.
     pub max_jobs_per_sweep: u64,
+    /// How often agents send a heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// An agent silent for this long is lost: its jobs are requeued.
+    pub lease_ms: u64,
+    /// Largest output file an agent may upload.
+    pub max_upload_bytes: Bytes,
+    pub scheduler: SchedulerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// `spread` (an idle GPU before sharing one) or `pack` (fill a GPU first).
+    pub policy: Policy,
+    /// Most sweepfold jobs on one GPU at once.
+    pub max_jobs_per_gpu: u32,
+    /// GPU memory always left free.
+    pub safety_margin: Bytes,
+    /// A learned peak is raised by this fraction to make the estimate.
+    pub estimate_margin: f64,
+    /// An out-of-memory job's estimate is multiplied by this on requeue.
+    pub oom_growth: f64,
+    /// Out-of-memory requeues before a job fails.
+    pub max_oom_requeues: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            policy: Policy::Spread,
+            max_jobs_per_gpu: 4,
+            safety_margin: Bytes::from_mib(512),
+            estimate_margin: 0.1,
+            oom_growth: 1.5,
+            max_oom_requeues: 5,
+        }
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -28,6 +68,10 @@ impl Default for CoordinatorConfig {
             listen: "127.0.0.1:7070".into(),
             data_dir: PathBuf::from("sweepfold-data"),
             max_jobs_per_sweep: sweepfold_common::sweep::DEFAULT_MAX_JOBS,
+            heartbeat_interval_ms: 2_000,
+            lease_ms: 10_000,
+            max_upload_bytes: Bytes::from_gib(4),
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -65,6 +109,22 @@ impl CoordinatorConfig {
         }
         if self.max_jobs_per_sweep == 0 {
             return Err("max_jobs_per_sweep must be at least 1".into());
+        }
+        if self.heartbeat_interval_ms == 0 || self.lease_ms < 2 * self.heartbeat_interval_ms {
+            return Err(format!(
+                "lease_ms ({}) must be at least twice heartbeat_interval_ms ({}), which must be positive",
+                self.lease_ms, self.heartbeat_interval_ms
+            ));
+        }
+        let s = &self.scheduler;
+        if s.max_jobs_per_gpu == 0 {
+            return Err("scheduler.max_jobs_per_gpu must be at least 1".into());
+        }
+        if !(s.estimate_margin >= 0.0 && s.estimate_margin.is_finite()) {
+            return Err("scheduler.estimate_margin must be zero or more".into());
+        }
+        if !(s.oom_growth > 1.0 && s.oom_growth.is_finite()) {
+            return Err("scheduler.oom_growth must be more than 1".into());
         }
         Ok(())
     }
@@ -116,6 +176,30 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.listen, "127.0.0.1:3");
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn nested_scheduler_keys_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[scheduler]\npolicy = \"pack\"\nsafety_margin = \"1GiB\"\n",
+        )
+        .unwrap();
+        let cfg = CoordinatorConfig::load(
+            Some(&file),
+            env(&[("SWEEPFOLD_COORDINATOR_SCHEDULER__MAX_JOBS_PER_GPU", "2")]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.scheduler.policy, Policy::Pack);
+        assert_eq!(cfg.scheduler.safety_margin, Bytes::from_gib(1));
+        assert_eq!(cfg.scheduler.max_jobs_per_gpu, 2);
+        std::fs::write(&file, "[scheduler]\npolicy = \"fifo\"\n").unwrap();
+        let e = CoordinatorConfig::load(Some(&file), env(&[]), &Flags::default()).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("fifo") && e.contains("scheduler.policy"), "{e}");
     }
 
     #[test]

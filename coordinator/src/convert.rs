@@ -3,7 +3,7 @@
 use sweepfold_common::JobState;
 use sweepfold_proto::v1 as pb;
 
-use crate::store::{ConfigRecord, EventRecord, JobCounts, JobRecord, SweepRecord};
+use crate::store::{ConfigRecord, EventRecord, JobCounts, JobRecord, MetricRecord, SweepRecord};
 
 pub fn job_state(s: JobState) -> pb::JobState {
     match s {
@@ -101,5 +101,20 @@ pub fn event(e: &EventRecord) -> pb::JobEvent {
         at_ms: e.at_ms,
         config_index: e.config_index,
         fold: e.fold,
+    }
+}
+
+pub fn metric(m: &MetricRecord) -> pb::EpochMetrics {
+    pb::EpochMetrics {
+        attempt: m.attempt.0,
+        epoch: m.epoch,
+        train_loss: m.train_loss,
+        val_loss: m.val_loss,
+        val_accuracy: m.val_accuracy,
+        learning_rate: m.learning_rate,
+        images_per_second: m.images_per_second,
+        peak_gpu_memory_bytes: m.peak_memory,
+        at_ms: m.at_ms,
+        elapsed_seconds: m.elapsed_seconds,
     }
 }

@@ -7,17 +7,30 @@
 //! and only then publishes events, so subscribers never see a change the
 //! store does not have.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use sweepfold_common::sweep::{Limits, Sweep, parse_sweep};
-use sweepfold_common::{JobId, JobState, SweepId};
-use tokio::sync::broadcast;
+use sweepfold_common::{Bytes, JobId, JobState, SweepId};
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
+use crate::agents::AgentLive;
+use crate::blobs::BlobStore;
 use crate::config::CoordinatorConfig;
 use crate::error::{Error, Result};
-use crate::store::{ConfigRecord, EventRecord, JobRecord, NewSweep, Store, SweepRecord};
+use crate::store::{
+    ConfigRecord, EventRecord, JobRecord, MetricRecord, NewSweep, OutputRecord, Store, SweepRecord,
+};
+
+/// One job with everything recorded about it.
+pub struct JobDetail {
+    pub job: JobRecord,
+    pub history: Vec<EventRecord>,
+    pub metrics: Vec<MetricRecord>,
+    pub outputs: Vec<OutputRecord>,
+}
 
 /// Owner recorded when neither the file nor the request names one.
 pub const ANONYMOUS_OWNER: &str = "anonymous";
@@ -29,8 +42,14 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-struct Core {
-    store: Store,
+/// Everything behind the lock: the store (the truth) and what memory
+/// caches beside it (live agents, learned memory peaks).
+pub struct Core {
+    pub store: Store,
+    pub agents: BTreeMap<String, AgentLive>,
+    /// Largest successful peak GPU memory per memory key.
+    pub learned: HashMap<String, Bytes>,
+    pub next_session: u64,
 }
 
 #[derive(Clone)]
@@ -38,24 +57,59 @@ pub struct CoordinatorHandle {
     core: Arc<Mutex<Core>>,
     events: broadcast::Sender<Arc<EventRecord>>,
     config: Arc<CoordinatorConfig>,
+    blobs: BlobStore,
     shutdown: CancellationToken,
+    wake: Arc<Notify>,
 }
 
 impl CoordinatorHandle {
-    /// Opens the store in the configured data dir.
+    /// Opens the store in the configured data dir and rebuilds the memory
+    /// cache from it.
     pub fn open(config: CoordinatorConfig) -> Result<Self> {
         let store = Store::open(&config.data_dir)?;
+        let blobs = BlobStore::open(&config.data_dir)?;
+        let now = Instant::now();
+        let agents = store
+            .agent_records()?
+            .iter()
+            .map(|r| (r.name.clone(), AgentLive::from_record(r, now)))
+            .collect();
+        let learned = store.learned_peaks()?.into_iter().collect();
         let (events, _) = broadcast::channel(4096);
         Ok(CoordinatorHandle {
-            core: Arc::new(Mutex::new(Core { store })),
+            core: Arc::new(Mutex::new(Core {
+                store,
+                agents,
+                learned,
+                next_session: 0,
+            })),
             events,
             config: Arc::new(config),
+            blobs,
             shutdown: CancellationToken::new(),
+            wake: Arc::new(Notify::new()),
         })
     }
 
     pub fn config(&self) -> &CoordinatorConfig {
         &self.config
+    }
+
+    pub(crate) fn config_arc(&self) -> Arc<CoordinatorConfig> {
+        self.config.clone()
+    }
+
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Asks the scheduler to plan again soon.
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 
     /// Cancelled when the server shuts down; long-lived streams end on it.
@@ -69,7 +123,7 @@ impl CoordinatorHandle {
     }
 
     /// Runs `f` with the core locked on the blocking pool.
-    async fn with_core<T, F>(&self, f: F) -> Result<T>
+    pub(crate) async fn with_core<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Core) -> Result<T> + Send + 'static,
@@ -85,7 +139,7 @@ impl CoordinatorHandle {
         .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
     }
 
-    fn publish(&self, events: impl IntoIterator<Item = EventRecord>) {
+    pub(crate) fn publish(&self, events: impl IntoIterator<Item = EventRecord>) {
         for ev in events {
             // No subscribers is fine.
             let _ = self.events.send(Arc::new(ev));
@@ -134,6 +188,7 @@ impl CoordinatorHandle {
             Ok(record)
         })
         .await
+        .inspect(|_| self.poke())
     }
 
     pub async fn list_sweeps(&self, owner: Option<String>) -> Result<Vec<SweepRecord>> {
@@ -194,10 +249,15 @@ impl CoordinatorHandle {
         .await
     }
 
-    pub async fn get_job(&self, id: JobId) -> Result<(JobRecord, Vec<EventRecord>)> {
+    pub async fn get_job(&self, id: JobId) -> Result<JobDetail> {
         self.with_core(move |core| {
             let job = core.store.get_job(id)?.ok_or(Error::JobNotFound(id))?;
-            Ok((job, core.store.job_history(id)?))
+            Ok(JobDetail {
+                history: core.store.job_history(id)?,
+                metrics: core.store.metrics(id)?,
+                outputs: core.store.outputs(id, job.attempt)?,
+                job,
+            })
         })
         .await
     }
@@ -219,7 +279,30 @@ impl CoordinatorHandle {
             .await?;
         let n = changes.len() as u32;
         tracing::info!(sweep = sweep.id.0, cancelled = n, "sweep cancelled");
+        let to_stop: Vec<JobRecord> = changes
+            .iter()
+            .filter(|(_, job)| job.state.is_active())
+            .map(|(_, job)| job.clone())
+            .collect();
+        if !to_stop.is_empty() {
+            self.with_core(move |core| {
+                for job in to_stop {
+                    if let Some(live) = core.agents.get(&job.agent) {
+                        live.send(sweepfold_proto::v1::coordinator_message::Msg::Cancel(
+                            sweepfold_proto::v1::CancelJob {
+                                job_id: job.id.0,
+                                attempt: job.attempt.0,
+                                reason: "sweep cancelled".into(),
+                            },
+                        ));
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
         self.publish(changes.into_iter().map(|(ev, _)| ev));
+        self.poke();
         Ok((sweep, n))
     }
 }

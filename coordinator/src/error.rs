@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use sweepfold_common::{JobId, SweepErrors};
+use sweepfold_common::{Attempt, JobId, SweepErrors};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -14,6 +14,18 @@ pub enum Error {
     SweepNotFound(String),
     #[error("no job with id {0}")]
     JobNotFound(JobId),
+    #[error("job {job} attempt {attempt} is stale: {why}")]
+    StaleAttempt {
+        job: JobId,
+        attempt: Attempt,
+        why: String,
+    },
+    #[error("upload rejected: {0}")]
+    UploadRejected(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -58,7 +70,10 @@ impl From<Error> for tonic::Status {
         let code = match &e {
             Error::InvalidSweep(_) | Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::SweepNotFound(_) | Error::JobNotFound(_) => Code::NotFound,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::FailedPrecondition(_) | Error::StaleAttempt { .. } => Code::FailedPrecondition,
+            Error::UploadRejected(_) => Code::InvalidArgument,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::DiskFull => Code::ResourceExhausted,
             Error::DataDir { .. }
             | Error::SchemaTooNew { .. }

@@ -99,11 +99,24 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         let id = JobId(request.into_inner().job_id);
-        let (job, history) = self.handle.get_job(id).await?;
+        let d = self.handle.get_job(id).await?;
+        let blobs = self.handle.blobs();
         Ok(Response::new(pb::GetJobResponse {
-            job: Some(convert::job(&job)),
-            history: history.iter().map(convert::event).collect(),
-            metrics: Vec::new(),
+            job: Some(convert::job(&d.job)),
+            history: d.history.iter().map(convert::event).collect(),
+            metrics: d.metrics.iter().map(convert::metric).collect(),
+            outputs: d
+                .outputs
+                .iter()
+                .map(|o| pb::OutputFile {
+                    role: o.role.clone(),
+                    sha256: o.sha256.clone(),
+                    path: blobs.path(&o.sha256, &o.role).display().to_string(),
+                    dtype: o.dtype.clone(),
+                    shape: o.shape.clone(),
+                    size_bytes: o.size_bytes,
+                })
+                .collect(),
         }))
     }
 
@@ -126,7 +139,9 @@ impl Coordinator for CoordinatorService {
         &self,
         _request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        Ok(Response::new(pb::ListAgentsResponse { agents: Vec::new() }))
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: self.handle.list_agents().await?,
+        }))
     }
 
     type WatchSweepStream = WatchStream;

@@ -3,12 +3,17 @@
 //! Architecture invariant: this crate never links libtorch or NVML; it
 //! builds and runs on a machine without a GPU.
 
+pub mod agents;
+pub mod blobs;
 pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod core;
 pub mod error;
+pub mod gateway;
 pub mod grpc;
+pub mod scheduler;
+pub mod scheduling;
 pub mod server;
 pub mod store;
 

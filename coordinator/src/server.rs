@@ -4,12 +4,14 @@
 use std::future::Future;
 
 use sweepfold_proto::v1::FILE_DESCRIPTOR_SET;
+use sweepfold_proto::v1::agent_gateway_server::AgentGatewayServer;
 use sweepfold_proto::v1::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::core::CoordinatorHandle;
 use crate::error::{Error, Result};
+use crate::gateway::GatewayService;
 use crate::grpc::CoordinatorService;
 
 /// Largest message the server accepts or sends (sweep files, job lists).
@@ -46,6 +48,10 @@ pub async fn serve(
     let coordinator = CoordinatorServer::new(CoordinatorService::new(handle.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let gateway = AgentGatewayServer::new(GatewayService::new(handle.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    handle.start_background();
 
     let token = handle.shutdown_token();
     let shutdown = async move {
@@ -58,6 +64,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(coordinator)
+        .add_service(gateway)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::Internal(format!("server: {e}")))

@@ -16,11 +16,25 @@ use sweepfold_common::{Attempt, Bytes, JobId, JobState, SweepId};
 
 use crate::error::{Error, Result};
 
+mod agents;
+mod lifecycle;
+mod outputs;
+
+pub use agents::{AgentRecord, DatasetRecord};
+pub use lifecycle::{AssignmentInfo, Finished, Outcome, QueuedJob};
+pub use outputs::{MetricRecord, OutputRecord};
+
 /// Migrations in order; `user_version` N means the first N are applied.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_initial",
-    include_str!("../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_initial",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
+    (
+        "0002_agents_outputs",
+        include_str!("../../migrations/0002_agents_outputs.sql"),
+    ),
+];
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "sweepfold.db";
@@ -128,6 +142,9 @@ pub struct JobRecord {
     pub memory_estimate: Bytes,
     pub updated_at_ms: i64,
     pub params_json: String,
+    pub memory_key: String,
+    pub oom_requeues: u32,
+    pub lost_attempts: u32,
 }
 
 /// One state change of one job.
@@ -171,8 +188,11 @@ fn parse_state(s: &str) -> rusqlite::Result<JobState> {
     JobState::parse(s).ok_or_else(|| bad_column("jobs.state", s))
 }
 
-const JOB_COLUMNS: &str = "j.id, j.sweep_id, j.config_index, j.fold, j.state, j.attempt, j.failures, \
-     j.last_error, j.log_tail, j.agent, j.gpu_uuid, j.memory_estimate, j.updated_at_ms, c.params_json";
+/// `SELECT` of full job records; append a `WHERE` clause.
+const JOB_SELECT: &str = "SELECT j.id, j.sweep_id, j.config_index, j.fold, j.state, j.attempt, \
+     j.failures, j.last_error, j.log_tail, j.agent, j.gpu_uuid, j.memory_estimate, j.updated_at_ms, \
+     c.params_json, j.memory_key, j.oom_requeues, j.lost_attempts FROM jobs j JOIN configurations c \
+     ON c.sweep_id = j.sweep_id AND c.config_index = j.config_index";
 
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
@@ -190,6 +210,9 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         memory_estimate: Bytes(r.get::<_, i64>(11)? as u64),
         updated_at_ms: r.get(12)?,
         params_json: r.get(13)?,
+        memory_key: r.get(14)?,
+        oom_requeues: r.get(15)?,
+        lost_attempts: r.get(16)?,
     })
 }
 
@@ -309,8 +332,8 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4)",
             )?;
             let mut job = tx.prepare(
-                "INSERT INTO jobs (sweep_id, config_index, fold, state, memory_estimate, updated_at_ms) \
-                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
+                "INSERT INTO jobs (sweep_id, config_index, fold, state, memory_estimate, memory_key, \
+                 updated_at_ms) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
             )?;
             let mut event = tx.prepare(
                 "INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, at_ms) \
@@ -320,8 +343,11 @@ impl Store {
                 let params_json = serde_json::to_string(&c.params).map_err(json_err)?;
                 let spec_json = serde_json::to_string(&c.spec).map_err(json_err)?;
                 conf.execute(params![sweep_id, c.index, params_json, spec_json])?;
+                let memory_key = c.spec.memory_key(sweep_id, c.index);
                 for fold in 0..f.kfold.folds {
-                    job.execute(params![sweep_id, c.index, fold, estimate, new.now_ms])?;
+                    job.execute(params![
+                        sweep_id, c.index, fold, estimate, memory_key, new.now_ms
+                    ])?;
                     event.execute(params![tx.last_insert_rowid(), new.now_ms])?;
                 }
             }
@@ -425,9 +451,7 @@ impl Store {
     /// Jobs of a sweep ordered by configuration then fold.
     pub fn list_jobs(&self, sweep: SweepId, state: Option<JobState>) -> Result<Vec<JobRecord>> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs j JOIN configurations c \
-             ON c.sweep_id = j.sweep_id AND c.config_index = j.config_index \
-             WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.state = ?2) \
+            "{JOB_SELECT} WHERE j.sweep_id = ?1 AND (?2 IS NULL OR j.state = ?2) \
              ORDER BY j.config_index, j.fold"
         ))?;
         let rows = stmt.query_map(params![sweep.0, state.map(|s| s.as_str())], job_from_row)?;
@@ -435,17 +459,7 @@ impl Store {
     }
 
     pub fn get_job(&self, id: JobId) -> Result<Option<JobRecord>> {
-        Ok(self
-            .conn
-            .query_row(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs j JOIN configurations c \
-                     ON c.sweep_id = j.sweep_id AND c.config_index = j.config_index WHERE j.id = ?1"
-                ),
-                [id.0],
-                job_from_row,
-            )
-            .optional()?)
+        job_by_id(&self.conn, id)
     }
 
     /// Every state change of a job, oldest first.
@@ -499,17 +513,24 @@ impl Store {
     }
 }
 
+fn job_by_id(conn: &Connection, id: JobId) -> Result<Option<JobRecord>> {
+    Ok(conn
+        .query_row(
+            &format!("{JOB_SELECT} WHERE j.id = ?1"),
+            [id.0],
+            job_from_row,
+        )
+        .optional()?)
+}
+
 fn jobs_in(tx: &Transaction<'_>, sweep: SweepId) -> Result<Vec<JobRecord>> {
-    let mut stmt = tx.prepare_cached(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs j JOIN configurations c \
-         ON c.sweep_id = j.sweep_id AND c.config_index = j.config_index WHERE j.sweep_id = ?1"
-    ))?;
+    let mut stmt = tx.prepare_cached(&format!("{JOB_SELECT} WHERE j.sweep_id = ?1"))?;
     let rows = stmt.query_map([sweep.0], job_from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Moves `job` to `to` and records the change; the caller commits.
-fn set_state(
+pub(super) fn set_state(
     tx: &Transaction<'_>,
     job: &JobRecord,
     to: JobState,

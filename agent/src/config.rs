@@ -1,0 +1,220 @@
+//! `agent run` configuration: defaults, then `--config FILE`, then
+//! `SWEEPFOLD_AGENT_*` environment variables, then flags; validated last.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sweepfold_common::settings::{EnvSource, SettingsError, load_layered};
+
+pub const ENV_PREFIX: &str = "SWEEPFOLD_AGENT";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The coordinator's URL.
+    pub coordinator: String,
+    /// This agent's name (unique in the cluster); defaults to the hostname.
+    pub name: String,
+    /// Job directories, logs, checkpoints and preprocessing caches.
+    pub work_dir: PathBuf,
+    /// Dataset names and their local paths, e.g. `sketch = "/data/sketch"`.
+    pub datasets: BTreeMap<String, PathBuf>,
+    /// Run jobs on the CPU (no NVIDIA driver needed).
+    pub cpu: bool,
+    /// With `cpu`: how many jobs may run at once.
+    pub cpu_slots: u32,
+    /// A simulated GPU inventory such as `2x16GiB,1x32GiB` (tests only).
+    pub fake_gpus: Option<String>,
+    /// After SIGTERM, how long a cancelled job has before SIGKILL.
+    pub cancel_grace_ms: u64,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max_ms: u64,
+    /// Lines of a failed job's log sent to the coordinator.
+    pub log_tail_lines: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            coordinator: "http://127.0.0.1:7070".into(),
+            name: String::new(),
+            work_dir: PathBuf::from("sweepfold-agent"),
+            datasets: BTreeMap::new(),
+            cpu: false,
+            cpu_slots: 1,
+            fake_gpus: None,
+            cancel_grace_ms: 10_000,
+            reconnect_max_ms: 10_000,
+            log_tail_lines: 40,
+        }
+    }
+}
+
+/// Flags of `agent run` that override the other layers.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub coordinator: Option<String>,
+    pub name: Option<String>,
+    pub work_dir: Option<PathBuf>,
+    pub datasets: Vec<(String, PathBuf)>,
+    pub cpu: bool,
+    pub cpu_slots: Option<u32>,
+    pub fake_gpus: Option<String>,
+}
+
+/// Parses `NAME=PATH` of `--dataset`.
+pub fn parse_dataset_flag(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=PATH (e.g. sketch=/data/sketch)"))?;
+    if name.is_empty() || path.is_empty() {
+        return Err(format!("`{s}` is not NAME=PATH (e.g. sketch=/data/sketch)"));
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+impl AgentConfig {
+    pub fn load(file: Option<&Path>, env: EnvSource, flags: &Flags) -> Result<Self, SettingsError> {
+        let mut overrides: Vec<(String, String)> = Vec::new();
+        if let Some(c) = &flags.coordinator {
+            overrides.push(("coordinator".into(), c.clone()));
+        }
+        if let Some(n) = &flags.name {
+            overrides.push(("name".into(), n.clone()));
+        }
+        if let Some(w) = &flags.work_dir {
+            overrides.push(("work_dir".into(), w.display().to_string()));
+        }
+        for (name, path) in &flags.datasets {
+            overrides.push((format!("datasets.{name}"), path.display().to_string()));
+        }
+        if flags.cpu {
+            overrides.push(("cpu".into(), "true".into()));
+        }
+        if let Some(n) = flags.cpu_slots {
+            overrides.push(("cpu_slots".into(), n.to_string()));
+        }
+        if let Some(f) = &flags.fake_gpus {
+            overrides.push(("fake_gpus".into(), f.clone()));
+        }
+        let refs: Vec<(&str, String)> = overrides
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let mut cfg: AgentConfig = load_layered(file, ENV_PREFIX, env, &refs)?;
+        if cfg.name.is_empty() {
+            cfg.name = crate::hostname();
+        }
+        cfg.validate().map_err(|message| SettingsError {
+            message,
+            file: file.map(|f| f.display().to_string()),
+            env_prefix: ENV_PREFIX.into(),
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 100
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !valid(&self.name) {
+            return Err(format!(
+                "name `{}` must be 1-100 characters of letters, digits, `-`, `_` or `.`",
+                self.name
+            ));
+        }
+        for (name, path) in &self.datasets {
+            if !valid(name) {
+                return Err(format!("datasets: `{name}` is not a valid dataset name"));
+            }
+            if !path.is_dir() {
+                return Err(format!(
+                    "datasets.{name}: {} is not a directory",
+                    path.display()
+                ));
+            }
+        }
+        if self.cpu && self.fake_gpus.is_some() {
+            return Err("cpu and fake_gpus exclude each other".into());
+        }
+        if self.cpu_slots == 0 {
+            return Err("cpu_slots must be at least 1".into());
+        }
+        if let Some(spec) = &self.fake_gpus {
+            crate::gpu::parse_fake_gpus(spec)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataset_flags_and_env_layer_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"box1\"\n[datasets]\nsketch = \"{}\"\n",
+                a.display()
+            ),
+        )
+        .unwrap();
+        let cfg = AgentConfig::load(
+            Some(&file),
+            EnvSource::Map([("SWEEPFOLD_AGENT_CPU_SLOTS".to_string(), "3".to_string())].into()),
+            &Flags {
+                datasets: vec![("cifar".into(), b.clone())],
+                cpu: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.name, "box1");
+        assert_eq!(cfg.cpu_slots, 3);
+        assert!(cfg.cpu);
+        assert_eq!(cfg.datasets["sketch"], a);
+        assert_eq!(cfg.datasets["cifar"], b);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = AgentConfig::load(
+            None,
+            EnvSource::Map(Default::default()),
+            &Flags {
+                datasets: vec![("sketch".into(), "/nonexistent/sketch".into())],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("datasets.sketch: /nonexistent/sketch is not a directory"),
+            "{e}"
+        );
+        let e = AgentConfig::load(
+            None,
+            EnvSource::Map([("SWEEPFOLD_AGENT_WORKDIR".to_string(), "x".to_string())].into()),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown key `workdir`"), "{e}");
+        assert!(parse_dataset_flag("sketch").is_err());
+        assert_eq!(
+            parse_dataset_flag("sketch=/d").unwrap(),
+            ("sketch".to_string(), PathBuf::from("/d"))
+        );
+    }
+}

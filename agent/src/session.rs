@@ -1,0 +1,242 @@
+//! The agent's one long-lived connection to the coordinator: `hello` (with
+//! its running jobs and unacknowledged results), then heartbeats and job
+//! updates up, assignments, cancellations and acknowledgements down. When
+//! the coordinator is unreachable the jobs keep running; the agent retries
+//! with exponential backoff and reports what it missed on reconnection.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sweepfold_common::{Attempt, JobId};
+use sweepfold_proto::v1 as pb;
+use sweepfold_proto::v1::agent_gateway_client::AgentGatewayClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::config::AgentConfig;
+use crate::datasets::Datasets;
+use crate::error::{Error, Result};
+use crate::gpu::{GpuInfo, GpuProbe};
+use crate::jobs::JobManager;
+
+pub struct Agent {
+    pub cfg: Arc<AgentConfig>,
+    pub probe: Option<Arc<dyn GpuProbe>>,
+    pub datasets: Arc<Datasets>,
+    pub jobs: Arc<JobManager>,
+    pub channel: Channel,
+    /// Last good GPU reading (NVML can fail transiently).
+    last_gpus: Mutex<Vec<GpuInfo>>,
+}
+
+fn rpc_err(what: &str, s: tonic::Status) -> Error {
+    Error::Rpc(format!("{what}: {} ({:?})", s.message(), s.code()))
+}
+
+impl Agent {
+    pub fn new(
+        cfg: Arc<AgentConfig>,
+        probe: Option<Arc<dyn GpuProbe>>,
+        datasets: Arc<Datasets>,
+        jobs: Arc<JobManager>,
+        channel: Channel,
+    ) -> Agent {
+        Agent {
+            cfg,
+            probe,
+            datasets,
+            jobs,
+            channel,
+            last_gpus: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// GPU readings with each process tagged by the job it belongs to.
+    fn readings(&self) -> Vec<pb::GpuReading> {
+        let Some(probe) = &self.probe else {
+            return Vec::new();
+        };
+        let gpus = match probe.read() {
+            Ok(g) => {
+                *self.last_gpus.lock().expect("gpu cache") = g.clone();
+                g
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading GPUs failed; reporting the last reading");
+                self.last_gpus.lock().expect("gpu cache").clone()
+            }
+        };
+        gpus.into_iter()
+            .map(|g| pb::GpuReading {
+                uuid: g.uuid,
+                index: g.index,
+                name: g.name,
+                total_memory_bytes: g.total.get(),
+                used_memory_bytes: g.used.get(),
+                free_memory_bytes: g.free.get(),
+                utilization_percent: g.utilization_percent,
+                processes: g
+                    .processes
+                    .into_iter()
+                    .map(|p| pb::GpuProcess {
+                        pid: p.pid,
+                        used_memory_bytes: p.used.get(),
+                        job_id: self.jobs.job_of_pid(p.pid).map_or(0, |j| j.0),
+                        name: p.name,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn hello(&self) -> pb::Hello {
+        pb::Hello {
+            agent_name: self.cfg.name.clone(),
+            hostname: crate::hostname(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            cpu_only: self.probe.is_none(),
+            gpus: self.readings(),
+            datasets: self.datasets.infos(),
+            running: self.jobs.running_jobs(),
+            missed_updates: self.jobs.take_for_hello(),
+            cpu_slots: self.cfg.cpu_slots,
+        }
+    }
+
+    /// Runs sessions until `shutdown`, reconnecting as needed. `on_ready`
+    /// is called after the first successful registration.
+    pub async fn run(&self, shutdown: CancellationToken, on_ready: impl Fn()) -> Result<()> {
+        let max = Duration::from_millis(self.cfg.reconnect_max_ms.max(200));
+        let mut backoff = Duration::from_millis(200);
+        let mut ready = false;
+        while !shutdown.is_cancelled() {
+            let started = Instant::now();
+            let result = self
+                .session(&shutdown, &mut || {
+                    if !ready {
+                        ready = true;
+                        on_ready();
+                    }
+                })
+                .await;
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(200);
+            }
+            match result {
+                Ok(()) => tracing::warn!("the coordinator closed the session; reconnecting"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    running_jobs = self.jobs.running_count(),
+                    "cannot talk to the coordinator; jobs keep running, retrying"
+                ),
+            }
+            // Jitter keeps a fleet of agents from reconnecting in lockstep.
+            let jitter = Duration::from_millis(u64::from(std::process::id() % 100));
+            tokio::select! {
+                _ = tokio::time::sleep(backoff + jitter) => {},
+                _ = shutdown.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(max);
+        }
+        Ok(())
+    }
+
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        on_ready: &mut dyn FnMut(),
+    ) -> Result<()> {
+        let mut client = AgentGatewayClient::new(self.channel.clone());
+        let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
+        let hello = self.hello();
+        let missed = hello.missed_updates.len();
+        tx.send(pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Hello(hello)),
+        })
+        .await
+        .map_err(|_| Error::Rpc("session channel closed".into()))?;
+        let response = tokio::select! {
+            r = client.session(ReceiverStream::new(rx)) => r.map_err(|s| rpc_err("opening the session", s))?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let mut inbound = response.into_inner();
+        let welcome = match inbound
+            .message()
+            .await
+            .map_err(|s| rpc_err("waiting for welcome", s))?
+        {
+            Some(pb::CoordinatorMessage {
+                msg: Some(pb::coordinator_message::Msg::Welcome(w)),
+            }) => w,
+            other => {
+                return Err(Error::Rpc(format!(
+                    "expected welcome as the first message, got {other:?}"
+                )));
+            }
+        };
+        for s in &welcome.stale {
+            self.jobs.cancel(
+                JobId(s.job_id),
+                Attempt(s.attempt),
+                "the coordinator no longer wants this attempt (requeued or cancelled)",
+            );
+        }
+        tracing::info!(
+            coordinator = %self.cfg.coordinator,
+            heartbeat_ms = welcome.heartbeat_interval_ms,
+            lease_ms = welcome.lease_ms,
+            reported_updates = missed,
+            stale = welcome.stale.len(),
+            "registered with the coordinator"
+        );
+        on_ready();
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(
+            u64::from(welcome.heartbeat_interval_ms).max(100),
+        ));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = heartbeat.tick() => {
+                    let hb = pb::Heartbeat { gpus: self.readings(), running: self.jobs.running_jobs() };
+                    tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(hb)) })
+                        .await
+                        .map_err(|_| Error::Rpc("the session stream closed".into()))?;
+                }
+                u = self.jobs.next_update() => {
+                    let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::JobUpdate(u.clone())) };
+                    if tx.send(msg).await.is_err() {
+                        self.jobs.unsent(u);
+                        return Err(Error::Rpc("the session stream closed".into()));
+                    }
+                    self.jobs.handed(u);
+                }
+                msg = inbound.message() => {
+                    match msg.map_err(|s| rpc_err("session", s))? {
+                        None => return Ok(()),
+                        Some(m) => self.handle(m),
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&self, m: pb::CoordinatorMessage) {
+        use pb::coordinator_message::Msg;
+        match m.msg {
+            Some(Msg::Assign(a)) => self.jobs.start(a),
+            Some(Msg::Cancel(c)) => {
+                self.jobs
+                    .cancel(JobId(c.job_id), Attempt(c.attempt), &c.reason)
+            }
+            Some(Msg::Ack(a)) => self.jobs.ack(JobId(a.job_id), Attempt(a.attempt)),
+            Some(Msg::Welcome(_)) | None => {}
+        }
+    }
+}

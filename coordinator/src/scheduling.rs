@@ -1,0 +1,272 @@
+//! The impure half of scheduling: build a [`Snapshot`] from the store and
+//! the agents' live readings, run the pure [`plan`], commit each assignment
+//! and send it. Also the two background loops: the scheduler (woken by
+//! changes, and every second) and the lease monitor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use sweepfold_common::{Bytes, JobId};
+use sweepfold_proto::v1 as pb;
+
+use crate::config::CoordinatorConfig;
+use crate::core::{CoordinatorHandle, Core, now_ms};
+use crate::error::Result;
+use crate::scheduler::{Device, DeviceKind, NOMINAL_USAGE, PendingJob, Snapshot, plan};
+use crate::store::{EventRecord, Outcome};
+
+/// A GPU counts as idle when at least this share of its memory is free
+/// (the driver itself holds a little).
+const IDLE_FREE_SHARE: f64 = 0.9;
+
+impl Core {
+    /// The memory to reserve for a job: its own estimate, else the learned
+    /// peak of its memory key plus the margin, else unknown.
+    fn estimate(&self, stored: Bytes, memory_key: &str, cfg: &CoordinatorConfig) -> Option<Bytes> {
+        if stored.get() > 0 {
+            return Some(stored);
+        }
+        self.learned.get(memory_key).map(|peak| {
+            peak.scale(1.0 + cfg.scheduler.estimate_margin)
+                .saturating_add(Bytes::from_mib(256))
+        })
+    }
+
+    /// The cluster and queue as the pure planner sees them.
+    pub fn snapshot(&self, cfg: &CoordinatorConfig) -> Result<Snapshot> {
+        let active = self.store.active_jobs()?;
+        let owners: HashMap<JobId, String> =
+            self.store.owners_of_active_jobs()?.into_iter().collect();
+        let mut owner_usage: BTreeMap<String, Bytes> = BTreeMap::new();
+        let mut devices = Vec::new();
+        for (name, agent) in &self.agents {
+            if !agent.connected() {
+                continue;
+            }
+            let datasets = agent.usable_datasets();
+            let healthy = agent.unhealthy.is_none();
+            let mine: Vec<_> = active.iter().filter(|j| &j.agent == name).collect();
+            if agent.cpu_only {
+                devices.push(Device {
+                    agent: name.clone(),
+                    kind: DeviceKind::Cpu,
+                    total: Bytes(0),
+                    free: Bytes(0),
+                    jobs: mine.len() as u32,
+                    max_jobs: agent.cpu_slots,
+                    exclusive: false,
+                    idle: mine.is_empty(),
+                    datasets,
+                    healthy,
+                });
+                continue;
+            }
+            for gpu in &agent.gpus {
+                let on_gpu: Vec<_> = mine.iter().filter(|j| j.gpu_uuid == gpu.uuid).collect();
+                let mut reserved = Bytes(0);
+                let mut exclusive = false;
+                for j in &on_gpu {
+                    let visible: u64 = gpu
+                        .processes
+                        .iter()
+                        .filter(|p| p.job_id == j.id.0)
+                        .map(|p| p.used_memory_bytes)
+                        .sum();
+                    if j.memory_estimate.get() == 0 {
+                        exclusive = true;
+                    }
+                    reserved =
+                        reserved.saturating_add(j.memory_estimate.saturating_sub(Bytes(visible)));
+                }
+                let free = Bytes(gpu.free_memory_bytes).saturating_sub(reserved);
+                devices.push(Device {
+                    agent: name.clone(),
+                    kind: DeviceKind::Gpu {
+                        uuid: gpu.uuid.clone(),
+                    },
+                    total: Bytes(gpu.total_memory_bytes),
+                    free,
+                    jobs: on_gpu.len() as u32,
+                    max_jobs: cfg.scheduler.max_jobs_per_gpu,
+                    exclusive,
+                    idle: on_gpu.is_empty()
+                        && gpu.free_memory_bytes as f64
+                            >= IDLE_FREE_SHARE * gpu.total_memory_bytes as f64,
+                    datasets: datasets.clone(),
+                    healthy,
+                });
+            }
+        }
+        for j in &active {
+            let Some(owner) = owners.get(&j.id) else {
+                continue;
+            };
+            let use_ = if j.gpu_uuid.is_empty() || j.memory_estimate.get() == 0 {
+                NOMINAL_USAGE
+            } else {
+                j.memory_estimate
+            };
+            let e = owner_usage.entry(owner.clone()).or_default();
+            *e = e.saturating_add(use_);
+        }
+        let pending = self
+            .store
+            .queued_jobs()?
+            .into_iter()
+            .map(|q| PendingJob {
+                estimate: self.estimate(q.memory_estimate, &q.memory_key, cfg),
+                id: q.id,
+                sweep: q.sweep_id,
+                owner: q.owner,
+                priority: q.priority,
+                dataset: q.dataset,
+            })
+            .collect();
+        Ok(Snapshot {
+            devices,
+            pending,
+            owner_usage,
+            policy: cfg.scheduler.policy,
+            safety_margin: cfg.scheduler.safety_margin,
+        })
+    }
+
+    /// Plans, commits and sends assignments; returns the state changes.
+    pub fn schedule(&mut self, cfg: &CoordinatorConfig) -> Result<Vec<EventRecord>> {
+        let snapshot = self.snapshot(cfg)?;
+        if snapshot.pending.is_empty() || snapshot.devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let assignments = plan(&snapshot);
+        let mut events = Vec::new();
+        for a in assignments {
+            let device = &snapshot.devices[a.device];
+            let gpu_uuid = match &device.kind {
+                DeviceKind::Gpu { uuid } => uuid.clone(),
+                DeviceKind::Cpu => String::new(),
+            };
+            let reserved = a.reserved.unwrap_or(Bytes(0));
+            let Some((ev, job)) =
+                self.store
+                    .assign(a.job, &device.agent, &gpu_uuid, reserved, now_ms())?
+            else {
+                continue;
+            };
+            events.push(ev);
+            let info = self.store.assignment_info(a.job)?;
+            let msg = pb::coordinator_message::Msg::Assign(pb::AssignJob {
+                job_id: job.id.0,
+                attempt: job.attempt.0,
+                sweep_id: job.sweep_id.0,
+                sweep_name: info.sweep_name,
+                config_index: job.config_index,
+                fold: job.fold,
+                folds: info.folds,
+                fold_seed: info.fold_seed,
+                dataset: info.dataset,
+                gpu_uuid: gpu_uuid.clone(),
+                spec_json: info.spec_json,
+                params_json: job.params_json.clone(),
+                memory_estimate_bytes: reserved.get(),
+            });
+            let live = self
+                .agents
+                .get_mut(&device.agent)
+                .expect("device of a live agent");
+            if live.send(msg) {
+                live.assigned_at.insert(job.id, Instant::now());
+                tracing::info!(
+                    job = job.id.0,
+                    attempt = job.attempt.0,
+                    agent = %device.agent,
+                    gpu = %gpu_uuid,
+                    reserved = %reserved,
+                    "job assigned"
+                );
+            } else {
+                let reason = format!("could not send the job to agent {}", device.agent);
+                let done = self.store.finish(
+                    job.id,
+                    job.attempt,
+                    None,
+                    Outcome::Lost { reason },
+                    now_ms(),
+                )?;
+                events.push(done.event);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Agents whose lease has expired and that still hold jobs or a session.
+    fn expired_agents(&self, lease: Duration) -> Vec<(String, Duration)> {
+        self.agents
+            .iter()
+            .filter(|(_, a)| !a.lease_expired && a.last_seen.elapsed() > lease)
+            .map(|(n, a)| (n.clone(), a.last_seen.elapsed()))
+            .collect()
+    }
+}
+
+impl CoordinatorHandle {
+    /// Runs one scheduling pass.
+    pub async fn schedule_once(&self) -> Result<usize> {
+        let cfg = self.config_arc();
+        let events = self.with_core(move |core| core.schedule(&cfg)).await?;
+        let n = events.len();
+        self.publish(events);
+        Ok(n)
+    }
+
+    /// Requeues the jobs of agents whose lease expired.
+    pub async fn check_leases(&self) -> Result<()> {
+        let lease = Duration::from_millis(self.config().lease_ms);
+        let events = self
+            .with_core(move |core| {
+                let mut events = Vec::new();
+                for (agent, silent) in core.expired_agents(lease) {
+                    events.extend(core.expire_lease(&agent, silent)?);
+                }
+                Ok(events)
+            })
+            .await?;
+        if !events.is_empty() {
+            self.publish(events);
+            self.poke();
+        }
+        Ok(())
+    }
+
+    /// Starts the scheduler and lease loops; they stop on shutdown.
+    pub fn start_background(&self) {
+        let shutdown = self.shutdown_token();
+        let this = self.clone();
+        let wake = self.wake();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = wake.notified() => {},
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                }
+                if let Err(e) = this.schedule_once().await {
+                    tracing::error!(error = %e, "scheduling pass failed");
+                }
+            }
+        });
+        let shutdown = self.shutdown_token();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let tick = Duration::from_millis((this.config().lease_ms / 10).clamp(50, 1000));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(tick) => {},
+                }
+                if let Err(e) = this.check_leases().await {
+                    tracing::error!(error = %e, "lease check failed");
+                }
+            }
+        });
+    }
+}

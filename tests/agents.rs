@@ -1,0 +1,259 @@
+//! Agents and GPU-memory-aware scheduling over real processes: a coordinator
+//! and three agents with simulated GPUs of different sizes run two owners'
+//! user-command sweeps (examples/train_example.py).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use sweepfold_tests::{Agent, Coordinator, mnist_sketch, wait_for};
+
+const GIB: u64 = 1 << 30;
+
+fn sweep_file(dir: &Path, owner: &str, oom: &str) -> String {
+    let path = dir.join(format!("{owner}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"name: {owner}-sweep
+owner: {owner}
+kfold: {{folds: 5, seed: 1}}
+dataset: mnist-sketch
+command: ["python3", "examples/train_example.py", "--model", "prior", "--epochs", "1",
+          "--sleep", "{{sleep}}", "--memory-gib", "5", "--oom-below-gib", "{{oom}}"]
+parameters:
+  sleep: {{value: 0.8}}
+  oom: {{values: [{oom}]}}
+resources: {{gpu_memory: 5GiB}}
+retries: 0
+"#
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// (start, end, memory) of every attempt that held GPU memory, per GPU.
+type Intervals = BTreeMap<String, Vec<(i64, i64, u64)>>;
+
+#[test]
+fn two_owners_three_fake_gpu_agents_forty_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dir.path().join("data"), "127.0.0.1:0");
+    // Both owners queue before any agent exists, so placement starts from
+    // the same queue. Ann's last configuration runs out of memory below 6 GiB.
+    let ann = coord.cli_json(&["submit", &sweep_file(dir.path(), "ann", "0, 0, 0, 6")]);
+    let bob = coord.cli_json(&["submit", &sweep_file(dir.path(), "bob", "0, 0, 0, 0")]);
+    let (ann_id, bob_id) = (ann["id"].as_i64().unwrap(), bob["id"].as_i64().unwrap());
+    let dataset = format!("mnist-sketch={}", mnist_sketch().display());
+    let _agents: Vec<Agent> = [("big", "2x16GiB"), ("huge", "1x24GiB"), ("small", "1x8GiB")]
+        .iter()
+        .map(|(name, gpus)| {
+            Agent::start(
+                &coord.url(),
+                name,
+                &dir.path().join(name),
+                &["--fake-gpus", gpus, "--dataset", &dataset],
+            )
+        })
+        .collect();
+
+    wait_for("both sweeps to finish", Duration::from_secs(240), || {
+        let sweeps = coord.cli_json(&["sweeps"]);
+        sweeps
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "finished")
+            .then_some(())
+    });
+
+    // GPU sizes as the agents reported them.
+    let agents = coord.cli_json(&["agents"]);
+    let mut gpu_total: HashMap<String, u64> = HashMap::new();
+    for a in agents.as_array().unwrap() {
+        assert_eq!(a["connected"], true);
+        for g in a["gpus"].as_array().unwrap() {
+            gpu_total.insert(
+                g["uuid"].as_str().unwrap().to_string(),
+                g["total_memory_bytes"].as_u64().unwrap(),
+            );
+        }
+    }
+    assert_eq!(gpu_total.len(), 4);
+
+    let mut intervals: Intervals = BTreeMap::new();
+    let mut first_start: Vec<(i64, i64)> = Vec::new(); // (time, sweep)
+    let mut owner_spans: Vec<(i64, i64, i64, u64)> = Vec::new(); // (sweep, start, end, memory)
+    for sweep in [ann_id, bob_id] {
+        let jobs = coord.cli_json(&["jobs", &sweep.to_string()]);
+        let jobs = jobs.as_array().unwrap();
+        assert_eq!(jobs.len(), 20);
+        for j in jobs {
+            let id = j["id"].as_i64().unwrap();
+            assert_eq!(j["state"], "succeeded", "job {id}: {j}");
+            assert!(
+                !j["agent"].as_str().unwrap().is_empty(),
+                "job {id} names its agent"
+            );
+            assert!(
+                gpu_total.contains_key(j["gpu_uuid"].as_str().unwrap()),
+                "job {id} names a GPU: {j}"
+            );
+            let oom_config = sweep == ann_id && j["config_index"] == 3;
+            let detail = coord.cli_json(&["job", &id.to_string()]);
+            let history = detail["history"].as_array().unwrap();
+            let assigned = history.iter().filter(|e| e["to"] == "assigned").count();
+            let succeeded = history.iter().filter(|e| e["to"] == "succeeded").count();
+            assert_eq!(succeeded, 1, "job {id} succeeded exactly once");
+            if oom_config {
+                assert_eq!(
+                    j["attempt"], 2,
+                    "job {id} was retried after running out of memory"
+                );
+                assert_eq!(j["failures"], 0, "out of memory uses no retry (retries: 0)");
+                assert_eq!(
+                    j["memory_estimate_bytes"],
+                    15 * GIB / 2,
+                    "estimate raised 1.5x"
+                );
+                assert!(
+                    history
+                        .iter()
+                        .any(|e| e["reason"].as_str().unwrap().contains("CUDA out of memory")),
+                    "{history:?}"
+                );
+            } else {
+                assert_eq!(assigned, 1, "job {id} ran exactly once: {history:?}");
+                assert_eq!(j["attempt"], 1);
+            }
+            // Intervals of GPU use, from each assignment to its attempt's end.
+            for (i, e) in history.iter().enumerate() {
+                if e["to"] != "assigned" {
+                    continue;
+                }
+                let start = e["at_ms"].as_i64().unwrap();
+                let end = history[i + 1..]
+                    .iter()
+                    .find(|n| n["to"] != "running")
+                    .map(|n| n["at_ms"].as_i64().unwrap())
+                    .expect("every attempt ended");
+                let mem = if oom_config && e["attempt"] == 2 {
+                    15 * GIB / 2
+                } else {
+                    5 * GIB
+                };
+                let reason = e["reason"].as_str().unwrap();
+                let gpu = reason.rsplit("gpu ").next().unwrap().to_string();
+                intervals.entry(gpu).or_default().push((start, end, mem));
+                owner_spans.push((sweep, start, end, mem));
+                if e["attempt"] == 1 {
+                    first_start.push((start, sweep));
+                }
+            }
+            // Outputs landed as files numpy opens, with the right shapes.
+            let outputs = detail["outputs"].as_array().unwrap();
+            assert_eq!(outputs.len(), 5, "{outputs:?}");
+            let val = outputs.iter().find(|o| o["role"] == "val_logits").unwrap();
+            let path = val["path"].as_str().unwrap();
+            let shape = numpy_shape(path);
+            assert_eq!(shape, val["shape"].to_string().replace(' ', ""), "{path}");
+            assert_eq!(val["shape"][1], 10);
+        }
+    }
+
+    // Never over a GPU's memory: at every start, the attempts on that GPU fit.
+    for (gpu, spans) in &intervals {
+        let total = gpu_total[gpu];
+        for &(t, _, _) in spans {
+            let used: u64 = spans
+                .iter()
+                .filter(|&&(s, e, _)| s <= t && t < e)
+                .map(|&(_, _, m)| m)
+                .sum();
+            assert!(
+                used <= total,
+                "GPU {gpu} held {used} bytes of {total} at {t}"
+            );
+        }
+    }
+    assert!(
+        intervals.len() >= 3,
+        "the work spread over the GPUs: {intervals:?}"
+    );
+
+    // Fair share: while both owners had jobs waiting, each held about half
+    // of the GPU memory in use (time-weighted).
+    first_start.sort();
+    let t0 = first_start[0].0;
+    let last_start = |sweep| first_start.iter().rev().find(|s| s.1 == sweep).unwrap().0;
+    let t1 = last_start(ann_id).min(last_start(bob_id));
+    let share = |sweep| -> f64 {
+        owner_spans
+            .iter()
+            .filter(|s| s.0 == sweep)
+            .map(|&(_, s, e, m)| (e.min(t1) - s.max(t0)).max(0) as f64 * m as f64)
+            .sum()
+    };
+    let (a, b) = (share(ann_id), share(bob_id));
+    let ann_share = a / (a + b);
+    assert!(
+        (0.4..=0.6).contains(&ann_share),
+        "ann held {:.0}% of the memory-time while both waited ({t0}..{t1})",
+        100.0 * ann_share
+    );
+    eprintln!(
+        "fair share: ann held {:.1}% of GPU memory-time while both owners waited",
+        100.0 * ann_share
+    );
+}
+
+/// Shape of a .npy file as numpy reads it, e.g. "[1200,10]".
+fn numpy_shape(path: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, numpy; print(list(numpy.load(sys.argv[1]).shape))",
+            path,
+        ])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "numpy cannot open {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .replace(' ', "")
+}
+
+#[test]
+fn agent_without_gpu_fails_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(sweepfold_tests::bin("agent"))
+        .args(["run", "--coordinator", "http://127.0.0.1:9", "--work-dir"])
+        .arg(dir.path())
+        .env("SWEEPFOLD_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("no usable NVIDIA GPU"), "{err}");
+    assert!(err.contains("--cpu"), "{err}");
+}
+
+#[test]
+fn agent_gpus_prints_a_fake_inventory() {
+    let out = std::process::Command::new(sweepfold_tests::bin("agent"))
+        .args(["gpus", "--fake-gpus", "2x16GiB,1x8GiB:used=2GiB"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("GPU-fake-"), "{text}");
+    assert!(text.contains("16.0 GiB"), "{text}");
+    assert!(text.contains("foreign-process"), "{text}");
+}

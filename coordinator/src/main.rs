@@ -159,6 +159,8 @@ async fn serve(
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, data_dir = %data_dir.display(), "coordinator listening");
+    // Under systemd (Type=notify): ready once the port is bound.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     server::serve(handle, listener, shutdown_signal()).await?;
     Ok(())
 }

@@ -677,6 +677,18 @@ impl JobManager {
         if fake && !a.gpu_uuid.is_empty() {
             envs.push(("SWEEPFOLD_FAKE_GPU".to_string(), a.gpu_uuid.clone()));
         }
+        if !on_gpu {
+            // CPU jobs share the cores: each gets its slot's share.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let slots = if self.probe.is_none() {
+                self.cfg.cpu_slots as usize
+            } else {
+                1
+            };
+            let threads = (cores / slots.max(1)).max(1).to_string();
+            envs.push(("SWEEPFOLD_THREADS".to_string(), threads.clone()));
+            envs.push(("OMP_NUM_THREADS".to_string(), threads));
+        }
         Ok(Prepared {
             log_path: job_dir.join(proto::LOG_FILE),
             job_dir,

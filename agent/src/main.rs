@@ -105,6 +105,14 @@ fn make_probe(cfg: &AgentConfig) -> anyhow::Result<Option<Arc<dyn GpuProbe>>> {
         return Err(no_gpu_hint("NVML reports no GPU"));
     }
     tracing::info!(probe = %probe.describe(), gpus = gpus.len(), "GPUs found");
+    // A binary linked without libtorch_cuda reads CUDA as unavailable
+    // (tch-rs #980): refuse to serve a GPU box in that state.
+    if !trainer_core::cuda_available() {
+        return Err(anyhow!(
+            "NVML sees {} GPU(s) but libtorch cannot use CUDA in this process (is libtorch_cuda linked and the CUDA driver usable? see deploy/README.md)",
+            gpus.len()
+        ));
+    }
     Ok(Some(Arc::new(probe)))
 }
 

@@ -1,0 +1,5 @@
+include!("../trainer-core/build_link.rs");
+
+fn main() {
+    link_libtorch();
+}

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod core;
+pub mod ensemble;
 pub mod error;
 pub mod gateway;
 pub mod grpc;

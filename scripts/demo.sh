@@ -1,45 +1,72 @@
 #!/usr/bin/env bash
-# The demo: builds the coordinator, starts it on a local data dir, submits the
-# contract sweep (examples/sweeps/resnet-lr-ls.yaml: 2 x 2 configurations x 5
-# folds = 20 jobs), lists the queued jobs, kills the coordinator with SIGKILL,
-# restarts it on the same data dir and shows that every job is still there.
-#
-# This stage of sweepfold has no agents yet: jobs are queued, not trained.
+# The demo: installs what is missing (scripts/setup.sh), builds, starts a
+# coordinator on sweepfold-data/demo and a local agent (the GPUs if NVML
+# finds any, else the CPU), submits examples/sweeps/demo.yaml (2
+# configurations x 5 folds of the built-in trainer on the copy of
+# mnist-sketch in examples/data), follows it, and ends with the leaderboard,
+# the ensemble's out-of-fold accuracy, submission.csv and report.html.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/setup.sh
 
-cargo build --quiet -p coordinator
-bin=target/debug/coordinator
+echo "== building (the first build takes several minutes)"
+cargo build --quiet -p coordinator -p agent
+bin=target/debug
 data=sweepfold-data/demo
 rm -rf "$data"
 mkdir -p "$data"
-log="$data/coordinator.log"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
 
-start_coordinator() {
-    "$bin" serve --listen "127.0.0.1:${port:-0}" --data-dir "$data" 2>>"$log" &
-    pid=$!
-    for _ in $(seq 200); do
-        addr=$(sed -n 's/.*coordinator listening addr=\([^ ]*\).*/\1/p' "$log" | tail -n1)
-        if [ -n "$addr" ] && [ "$addr" != "${prev_addr:-}" ]; then break; fi
-        sleep 0.05
-    done
-    prev_addr=$addr
-    port=${addr##*:}
-    export SWEEPFOLD_COORDINATOR="http://$addr"
-}
-trap 'kill "$pid" 2>/dev/null || true' EXIT
+"$bin/coordinator" serve --listen 127.0.0.1:0 --data-dir "$data" 2>"$data/coordinator.log" &
+pids+=($!)
+for _ in $(seq 200); do
+    addr=$(sed -n 's/.*coordinator listening addr=\([^ ]*\).*/\1/p' "$data/coordinator.log")
+    [ -n "$addr" ] && break
+    sleep 0.05
+done
+export SWEEPFOLD_COORDINATOR="http://$addr"
+echo "== coordinator on $SWEEPFOLD_COORDINATOR, data in $data"
 
-start_coordinator
-echo "== coordinator listening on $SWEEPFOLD_COORDINATOR (data dir $data)"
-echo "== dry run of examples/sweeps/resnet-lr-ls.yaml"
-"$bin" submit examples/sweeps/resnet-lr-ls.yaml --dry-run
-echo "== submit"
-"$bin" submit examples/sweeps/resnet-lr-ls.yaml
-"$bin" sweeps
-"$bin" jobs resnet-lr-ls | head -n 8
-echo "   ..."
-echo "== kill -9 the coordinator and restart it on the same data dir"
-kill -9 "$pid"; wait "$pid" 2>/dev/null || true
-start_coordinator
-"$bin" sweeps
-echo "== still $("$bin" jobs resnet-lr-ls --json | grep -c '"state": "queued"') queued jobs after the restart"
+if "$bin/agent" gpus >/dev/null 2>&1; then
+    device=(); echo "== agent on this machine's GPUs"; "$bin/agent" gpus
+else
+    slots=$(( $(nproc) > 1 ? 2 : 1 ))
+    device=(--cpu --cpu-slots "$slots"); echo "== no NVIDIA GPU found: the agent runs jobs on the CPU ($slots at a time)"
+fi
+"$bin/agent" run --coordinator "$SWEEPFOLD_COORDINATOR" --name local --work-dir "$data/agent" \
+    "${device[@]}" --dataset mnist-sketch-mini=examples/data/mnist-sketch-mini 2>"$data/agent.log" &
+pids+=($!)
+registered=
+for _ in $(seq 600); do
+    if grep -q "registered with the coordinator" "$data/agent.log"; then registered=1; break; fi
+    sleep 0.1
+done
+if [ -z "$registered" ]; then
+    echo "the agent did not register within 60 s; its log ($data/agent.log) ends with:" >&2
+    tail -n 5 "$data/agent.log" >&2
+    exit 1
+fi
+
+echo "== submitting examples/sweeps/demo.yaml"
+start=$(date +%s)
+"$bin/coordinator" submit examples/sweeps/demo.yaml --watch
+echo "   (the sweep took $(( $(date +%s) - start )) s)"
+for _ in $(seq 300); do
+    "$bin/coordinator" sweeps --json | grep -q '"submission"' && break
+    sleep 0.2
+done
+
+echo; echo "== leaderboard"
+"$bin/coordinator" leaderboard demo
+echo; echo "== ensembles: out-of-fold accuracy of each method against the best single member"
+for method in soft hard weighted; do
+    "$bin/coordinator" ensemble demo --method "$method" --out "$data/submission-$method.csv" | head -n 1
+done
+echo "the submission uses greedy selection (Caruana), which keeps a member only if it helps:"
+"$bin/coordinator" ensemble demo --method greedy --out "$data/submission.csv"
+"$bin/coordinator" report demo --out "$data/report.html"
+echo
+echo "submission: $PWD/$data/submission.csv ($(($(wc -l < "$data/submission.csv") - 1)) test rows)"
+echo "report:     $PWD/$data/report.html"

@@ -74,8 +74,17 @@ pub fn parse_dataset_flag(s: &str) -> Result<(String, PathBuf), String> {
     Ok((name.to_string(), PathBuf::from(path)))
 }
 
+/// The variable every sweepfold tool reads for the coordinator's URL; the
+/// agent uses it when neither its config file nor `SWEEPFOLD_AGENT_*` nor a
+/// flag names the coordinator.
+pub const SHARED_COORDINATOR_ENV: &str = "SWEEPFOLD_COORDINATOR";
+
 impl AgentConfig {
     pub fn load(file: Option<&Path>, env: EnvSource, flags: &Flags) -> Result<Self, SettingsError> {
+        let shared = match &env {
+            EnvSource::Process => std::env::var(SHARED_COORDINATOR_ENV).ok(),
+            EnvSource::Map(m) => m.get(SHARED_COORDINATOR_ENV).cloned(),
+        };
         let mut overrides: Vec<(String, String)> = Vec::new();
         if let Some(c) = &flags.coordinator {
             overrides.push(("coordinator".into(), c.clone()));
@@ -103,6 +112,12 @@ impl AgentConfig {
             .map(|(k, v)| (k.as_str(), v.clone()))
             .collect();
         let mut cfg: AgentConfig = load_layered(file, ENV_PREFIX, env, &refs)?;
+        let named_elsewhere = cfg.coordinator != AgentConfig::default().coordinator;
+        if let Some(url) = shared.filter(|u| !u.is_empty())
+            && !named_elsewhere
+        {
+            cfg.coordinator = url;
+        }
         if cfg.name.is_empty() {
             cfg.name = crate::hostname();
         }
@@ -186,6 +201,45 @@ mod tests {
         assert!(cfg.cpu);
         assert_eq!(cfg.datasets["sketch"], a);
         assert_eq!(cfg.datasets["cifar"], b);
+    }
+
+    #[test]
+    fn the_shared_coordinator_variable_is_a_fallback() {
+        let env = |pairs: &[(&str, &str)]| {
+            EnvSource::Map(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let cfg = AgentConfig::load(
+            None,
+            env(&[("SWEEPFOLD_COORDINATOR", "http://c:1")]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.coordinator, "http://c:1");
+        let cfg = AgentConfig::load(
+            None,
+            env(&[
+                ("SWEEPFOLD_COORDINATOR", "http://c:1"),
+                ("SWEEPFOLD_AGENT_COORDINATOR", "http://a:2"),
+            ]),
+            &Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.coordinator, "http://a:2");
+        let cfg = AgentConfig::load(
+            None,
+            env(&[("SWEEPFOLD_COORDINATOR", "http://c:1")]),
+            &Flags {
+                coordinator: Some("http://f:3".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.coordinator, "http://f:3");
     }
 
     #[test]

@@ -199,7 +199,7 @@ impl Core {
                     let current = self.store.check_current(job, attempt, agent)?;
                     let outcome = self.outcome_of(&current, f, cfg)?;
                     let succeeded = matches!(outcome, Outcome::Succeeded { .. });
-                    let done = self.store.finish(job, attempt, Some(agent), outcome, now)?;
+                    let done = self.finish(job, attempt, Some(agent), outcome, now)?;
                     if succeeded && f.peak_gpu_memory_bytes > 0 {
                         let peak = Bytes(f.peak_gpu_memory_bytes);
                         let entry = self.learned.entry(done.job.memory_key.clone()).or_default();
@@ -217,9 +217,6 @@ impl Core {
                         live.assigned_at.remove(&job);
                     }
                     fx.events.push(done.event);
-                    if let Some(sweep) = done.sweep_finished {
-                        tracing::info!(sweep = sweep.0, "sweep finished");
-                    }
                     fx.reschedule = true;
                 }
                 None => {
@@ -416,9 +413,7 @@ impl Core {
             .collect();
         for j in lost {
             let reason = format!("agent {agent} no longer has the job");
-            let done = self
-                .store
-                .finish(j.id, j.attempt, None, Outcome::Lost { reason }, now)?;
+            let done = self.finish(j.id, j.attempt, None, Outcome::Lost { reason }, now)?;
             tracing::warn!(
                 job = j.id.0,
                 attempt = j.attempt.0,
@@ -446,9 +441,7 @@ impl Core {
                 "agent {agent} stopped responding (nothing heard for {:.1} s)",
                 silent_for.as_secs_f64()
             );
-            let done = self
-                .store
-                .finish(j.id, j.attempt, None, Outcome::Lost { reason }, now)?;
+            let done = self.finish(j.id, j.attempt, None, Outcome::Lost { reason }, now)?;
             events.push(done.event);
         }
         if let Some(live) = self.agents.get_mut(agent) {

@@ -3,7 +3,10 @@
 use sweepfold_common::JobState;
 use sweepfold_proto::v1 as pb;
 
-use crate::store::{ConfigRecord, EventRecord, JobCounts, JobRecord, MetricRecord, SweepRecord};
+use crate::results::ConfigResult;
+use crate::store::{
+    ConfigRecord, EnsembleRecord, EventRecord, JobCounts, JobRecord, MetricRecord, SweepRecord,
+};
 
 pub fn job_state(s: JobState) -> pb::JobState {
     match s {
@@ -60,6 +63,59 @@ pub fn sweep(s: &SweepRecord) -> pb::Sweep {
         kind: s.kind.clone(),
         gpu_memory_bytes: s.gpu_memory.map_or(0, |b| b.get()),
         retries: s.retries,
+        ensemble_method: s.ensemble_method.clone().unwrap_or_default(),
+        ensemble_oof_accuracy: s.ensemble.as_ref().map_or(0.0, |e| e.oof_accuracy),
+        ensemble_submission_path: s
+            .ensemble
+            .as_ref()
+            .map(|e| e.submission_path.clone())
+            .unwrap_or_default(),
+    }
+}
+
+pub fn leaderboard_entry(r: &ConfigResult) -> pb::LeaderboardEntry {
+    let (mean, std) = r.fold_mean_std();
+    pb::LeaderboardEntry {
+        rank: r.rank,
+        sweep_id: r.sweep_id,
+        sweep_name: r.sweep_name.clone(),
+        config_index: r.config_index,
+        params_json: r.params_json.clone(),
+        complete: r.oof_accuracy.is_some(),
+        folds_done: r.folds_done,
+        folds: r.folds,
+        oof_accuracy: r.oof_accuracy.unwrap_or(0.0),
+        fold_accuracy_mean: mean,
+        fold_accuracy_std: std,
+        epochs_mean: r.epochs_mean,
+        gpu_seconds: r.gpu_seconds,
+    }
+}
+
+pub fn ensemble(e: &EnsembleRecord) -> pb::EnsembleResult {
+    let members: Vec<serde_json::Value> = serde_json::from_str(&e.members_json).unwrap_or_default();
+    pb::EnsembleResult {
+        id: e.id,
+        method: e.method.clone(),
+        members: members
+            .iter()
+            .map(|m| pb::EnsembleMember {
+                sweep_id: m["sweep_id"].as_i64().unwrap_or(0),
+                sweep_name: m["sweep_name"].as_str().unwrap_or_default().to_string(),
+                config_index: m["config_index"].as_u64().unwrap_or(0) as u32,
+                params_json: m["params_json"].as_str().unwrap_or_default().to_string(),
+                weight: m["weight"].as_f64().unwrap_or(0.0),
+                oof_accuracy: m["oof_accuracy"].as_f64().unwrap_or(0.0),
+            })
+            .collect(),
+        oof_accuracy: e.oof_accuracy,
+        best_member_oof_accuracy: e.best_member_accuracy,
+        best_member: e.best_member.clone(),
+        submission_path: e.submission_path.clone(),
+        probabilities_path: e.probabilities_path.clone(),
+        created_at_ms: e.created_at_ms,
+        automatic: e.automatic,
+        test_rows: e.test_rows,
     }
 }
 

@@ -12,16 +12,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use sweepfold_common::sweep::{Limits, Sweep, parse_sweep};
-use sweepfold_common::{Bytes, JobId, JobState, SweepId};
+use sweepfold_common::{Attempt, Bytes, JobId, JobState, SweepId};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentLive;
 use crate::blobs::BlobStore;
 use crate::config::CoordinatorConfig;
+use crate::ensemble::Method;
 use crate::error::{Error, Result};
+use crate::results::{self, Loaded, Want};
 use crate::store::{
-    ConfigRecord, EventRecord, JobRecord, MetricRecord, NewSweep, OutputRecord, Store, SweepRecord,
+    ConfigRecord, EnsembleRecord, EventRecord, Finished, JobRecord, MetricRecord, NewSweep,
+    Outcome, OutputRecord, Store, SweepRecord, SweepState,
 };
 
 /// One job with everything recorded about it.
@@ -50,6 +53,28 @@ pub struct Core {
     /// Largest successful peak GPU memory per memory key.
     pub learned: HashMap<String, Bytes>,
     pub next_session: u64,
+    /// Sweeps whose last open job ended in this critical section; their
+    /// automatic ensembles start when it ends.
+    pub finished_sweeps: Vec<SweepId>,
+}
+
+impl Core {
+    /// Ends an attempt (see [`Store::finish`]) and notes a sweep it finishes.
+    pub fn finish(
+        &mut self,
+        job: JobId,
+        attempt: Attempt,
+        agent: Option<&str>,
+        outcome: Outcome,
+        now_ms: i64,
+    ) -> Result<Finished> {
+        let done = self.store.finish(job, attempt, agent, outcome, now_ms)?;
+        if let Some(sweep) = done.sweep_finished {
+            tracing::info!(sweep = sweep.0, "sweep finished");
+            self.finished_sweeps.push(sweep);
+        }
+        Ok(done)
+    }
 }
 
 #[derive(Clone)]
@@ -82,6 +107,7 @@ impl CoordinatorHandle {
                 agents,
                 learned,
                 next_session: 0,
+                finished_sweeps: Vec::new(),
             })),
             events,
             config: Arc::new(config),
@@ -129,14 +155,197 @@ impl CoordinatorHandle {
         F: FnOnce(&mut Core) -> Result<T> + Send + 'static,
     {
         let core = self.core.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = core
-                .lock()
-                .map_err(|_| Error::Internal("coordinator state lock poisoned".into()))?;
-            f(&mut guard)
+        let (result, finished) = tokio::task::spawn_blocking(move || {
+            let mut guard = match core.lock() {
+                Ok(g) => g,
+                Err(_) => {
+                    return (
+                        Err(Error::Internal("coordinator state lock poisoned".into())),
+                        Vec::new(),
+                    );
+                }
+            };
+            let result = f(&mut guard);
+            (result, std::mem::take(&mut guard.finished_sweeps))
         })
         .await
-        .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("store task failed: {e}")))?;
+        for sweep in finished {
+            self.spawn_auto_ensemble(sweep);
+        }
+        result
+    }
+
+    /// Runs the ensemble of a finished sweep's `ensemble:` section in the
+    /// background.
+    pub fn spawn_auto_ensemble(&self, sweep: SweepId) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.auto_ensemble(sweep).await {
+                Ok(Some(e)) => tracing::info!(
+                    sweep = sweep.0,
+                    ensemble = e.id,
+                    method = %e.method,
+                    oof_accuracy = e.oof_accuracy,
+                    best_member_accuracy = e.best_member_accuracy,
+                    submission = %e.submission_path,
+                    "sweep ensembled"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::error!(sweep = sweep.0, error = %e, "automatic ensemble failed"),
+            }
+        });
+    }
+
+    async fn auto_ensemble(&self, sweep: SweepId) -> Result<Option<EnsembleRecord>> {
+        let s = self.get_sweep(sweep).await?;
+        let Some(method) = s.ensemble_method.as_deref().and_then(Method::parse) else {
+            return Ok(None);
+        };
+        if s.state != SweepState::Finished || s.counts.succeeded == 0 {
+            return Ok(None);
+        }
+        self.ensemble(vec![sweep.to_string()], method, true)
+            .await
+            .map(|(r, _)| Some(r))
+    }
+
+    /// Finished sweeps with an `ensemble:` section but no automatic
+    /// ensemble (the coordinator stopped in between): ensembled now.
+    pub async fn catch_up_ensembles(&self) -> Result<()> {
+        let pending = self
+            .with_core(|core| {
+                let mut out = Vec::new();
+                for s in core.store.list_sweeps(None)? {
+                    if s.state == SweepState::Finished
+                        && s.ensemble_method.is_some()
+                        && s.ensemble.is_none()
+                        && s.counts.succeeded > 0
+                    {
+                        out.push(s.id);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        for sweep in pending {
+            self.spawn_auto_ensemble(sweep);
+        }
+        Ok(())
+    }
+
+    /// The leaderboard of some sweeps (or configurations).
+    pub async fn leaderboard(&self, refs: Vec<String>) -> Result<(String, u64, Loaded)> {
+        let plan = self.with_core(move |core| core.results_plan(&refs)).await?;
+        let blobs = self.blobs.clone();
+        let (dataset, rows) = (plan.dataset.name.clone(), plan.dataset.train_rows);
+        let loaded =
+            tokio::task::spawn_blocking(move || results::load(&plan, &blobs, Want::Scores))
+                .await
+                .map_err(|e| Error::Internal(format!("leaderboard task failed: {e}")))??;
+        Ok((dataset, rows, loaded))
+    }
+
+    /// Combines complete configurations; stores and returns the result.
+    pub async fn ensemble(
+        &self,
+        refs: Vec<String>,
+        method: Method,
+        automatic: bool,
+    ) -> Result<(EnsembleRecord, results::Made)> {
+        let plan = self.with_core(move |core| core.results_plan(&refs)).await?;
+        let sweep_ids: Vec<i64> = plan.sweeps.iter().map(|s| s.id.0).collect();
+        let blobs = self.blobs.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            let loaded = results::load(&plan, &blobs, Want::Members)?;
+            results::make(&loaded, method)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("ensemble task failed: {e}")))??;
+        let data_dir =
+            std::path::absolute(&self.config.data_dir).map_err(|source| Error::DataDir {
+                path: self.config.data_dir.clone(),
+                source,
+            })?;
+        self.with_core(move |core| {
+            let id = core.store.next_ensemble_id()?;
+            let (submission, probs) = results::write_files(&data_dir, id, &made)?;
+            let o = &made.outcome;
+            let members: Vec<serde_json::Value> = made
+                .member_results
+                .iter()
+                .zip(&o.weights)
+                .map(|(r, w)| {
+                    serde_json::json!({
+                        "sweep_id": r.sweep_id, "sweep_name": r.sweep_name,
+                        "config_index": r.config_index, "params_json": r.params_json,
+                        "weight": w, "oof_accuracy": r.oof_accuracy,
+                    })
+                })
+                .collect();
+            let record = EnsembleRecord {
+                id,
+                sweep_ids,
+                members_json: serde_json::to_string(&members).expect("members serialise"),
+                method: method.as_str().to_string(),
+                oof_accuracy: o.oof_accuracy,
+                best_member: made.member_labels[o.best_member].clone(),
+                best_member_accuracy: o.best_member_accuracy,
+                submission_path: submission.display().to_string(),
+                probabilities_path: probs.display().to_string(),
+                test_rows: o.test.rows as u32,
+                automatic,
+                created_at_ms: now_ms(),
+            };
+            core.store.insert_ensemble(&record)?;
+            Ok((record, made))
+        })
+        .await
+    }
+
+    /// The HTML report of some sweeps, with a `method` ensemble of their
+    /// complete configurations (if any).
+    pub async fn report(&self, refs: Vec<String>, method: Method) -> Result<String> {
+        let (plan, curves) = self
+            .with_core(move |core| {
+                let plan = core.results_plan(&refs)?;
+                let mut curves = Vec::new();
+                for s in &plan.sweeps {
+                    let points = core.store.learning_curves(s.id)?;
+                    let mut by_config: std::collections::BTreeMap<u32, Vec<_>> = Default::default();
+                    for p in points {
+                        by_config.entry(p.config_index).or_default().push(p);
+                    }
+                    for (c, pts) in by_config {
+                        curves.push((format!("{}:{c}", s.name), pts));
+                    }
+                }
+                Ok((plan, curves))
+            })
+            .await?;
+        let title = format!(
+            "sweepfold report: {}",
+            plan.sweeps
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || {
+            let loaded = results::load(&plan, &blobs, Want::Members)?;
+            let outcome = (!loaded.members.is_empty())
+                .then(|| crate::ensemble::combine(&loaded.members, &loaded.targets, method));
+            Ok(crate::report::render(
+                &title,
+                &crate::cli::format_time(now_ms()),
+                &loaded,
+                &curves,
+                outcome.as_ref(),
+            ))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("report task failed: {e}")))?
     }
 
     pub(crate) fn publish(&self, events: impl IntoIterator<Item = EventRecord>) {

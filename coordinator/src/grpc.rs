@@ -37,6 +37,15 @@ fn required(value: &str, field: &str) -> Result<String, Status> {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchSweepResponse, Status>> + Send>>;
 
+fn parse_method(m: &str) -> Result<crate::ensemble::Method, Status> {
+    crate::ensemble::Method::parse(m).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "unknown ensemble method `{m}`; expected soft, hard, weighted or greedy"
+        ))
+        .into()
+    })
+}
+
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
     async fn submit_sweep(
@@ -141,6 +150,52 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         Ok(Response::new(pb::ListAgentsResponse {
             agents: self.handle.list_agents().await?,
+        }))
+    }
+
+    async fn leaderboard(
+        &self,
+        request: Request<pb::LeaderboardRequest>,
+    ) -> Result<Response<pb::LeaderboardResponse>, Status> {
+        let sweeps = request.into_inner().sweeps;
+        let (dataset, train_rows, loaded) = self.handle.leaderboard(sweeps).await?;
+        Ok(Response::new(pb::LeaderboardResponse {
+            entries: crate::results::display_order(&loaded.results)
+                .into_iter()
+                .map(|i| convert::leaderboard_entry(&loaded.results[i]))
+                .collect(),
+            dataset,
+            train_rows,
+        }))
+    }
+
+    async fn ensemble(
+        &self,
+        request: Request<pb::EnsembleRequest>,
+    ) -> Result<Response<pb::EnsembleResponse>, Status> {
+        let r = request.into_inner();
+        let method = parse_method(&r.method)?;
+        let (record, made) = self.handle.ensemble(r.members, method, false).await?;
+        Ok(Response::new(pb::EnsembleResponse {
+            result: Some(convert::ensemble(&record)),
+            submission_csv: made.submission_csv.into_bytes(),
+            test_probabilities_npy: made.probabilities_npy,
+        }))
+    }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let r = request.into_inner();
+        let method = if r.method.is_empty() {
+            crate::ensemble::Method::Soft
+        } else {
+            parse_method(&r.method)?
+        };
+        let html = self.handle.report(r.sweeps, method).await?;
+        Ok(Response::new(pb::ReportResponse {
+            html: html.into_bytes(),
         }))
     }
 

@@ -13,6 +13,8 @@ pub mod ensemble;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
+pub mod report;
+pub mod results;
 pub mod scheduler;
 pub mod scheduling;
 pub mod server;

@@ -102,6 +102,41 @@ enum Command {
         /// Sweep id or name.
         sweep: String,
     },
+    /// Rank configurations by out-of-fold accuracy.
+    Leaderboard {
+        /// Sweep ids or names (default: the newest sweep).
+        sweeps: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Combine complete configurations into a submission.
+    Ensemble {
+        /// Sweeps (all their complete configurations) or SWEEP:INDEX.
+        #[arg(required = true)]
+        members: Vec<String>,
+        /// soft, hard, weighted or greedy.
+        #[arg(long, default_value = "soft")]
+        method: String,
+        /// The submission CSV to write.
+        #[arg(long, default_value = "submission.csv")]
+        out: PathBuf,
+        /// Where to write the test probabilities (default: next to --out).
+        #[arg(long)]
+        probabilities: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a self-contained HTML report.
+    Report {
+        /// Sweep ids or names.
+        #[arg(required = true)]
+        sweeps: Vec<String>,
+        /// Ensemble method shown in the report.
+        #[arg(long, default_value = "soft")]
+        method: String,
+        #[arg(long, default_value = "report.html")]
+        out: PathBuf,
+    },
 }
 
 fn parse_state(s: &str) -> Result<JobState, String> {
@@ -208,10 +243,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Watch { sweep } => cli::watch(&mut cli::connect(&url).await?, sweep)
             .await
             .map(|_| ()),
+        Command::Leaderboard { sweeps, json } => {
+            let mut client = cli::connect(&url).await?;
+            let sweeps = if sweeps.is_empty() {
+                vec![cli::newest_sweep(&mut client).await?]
+            } else {
+                sweeps
+            };
+            cli::leaderboard(&mut client, sweeps, json).await
+        }
+        Command::Ensemble {
+            members,
+            method,
+            out,
+            probabilities,
+            json,
+        } => {
+            cli::ensemble(
+                &mut cli::connect(&url).await?,
+                members,
+                method,
+                &out,
+                probabilities.as_deref(),
+                json,
+            )
+            .await
+        }
+        Command::Report {
+            sweeps,
+            method,
+            out,
+        } => cli::report(&mut cli::connect(&url).await?, sweeps, method, &out).await,
+    }
+}
+
+/// Restores the default SIGPIPE action, so `coordinator jobs x | head` ends
+/// quietly like any Unix tool instead of failing on a closed pipe (Rust
+/// ignores SIGPIPE by default).
+#[allow(unsafe_code)]
+fn reset_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL
+    // is a valid disposition for SIGPIPE.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
     }
 }
 
 fn main() -> ExitCode {
+    reset_sigpipe();
     let cli = Cli::parse();
     init_logging(if matches!(cli.command, Command::Serve { .. }) {
         "info"

@@ -185,7 +185,7 @@ impl Core {
                 );
             } else {
                 let reason = format!("could not send the job to agent {}", device.agent);
-                let done = self.store.finish(
+                let done = self.finish(
                     job.id,
                     job.attempt,
                     None,
@@ -239,6 +239,12 @@ impl CoordinatorHandle {
 
     /// Starts the scheduler and lease loops; they stop on shutdown.
     pub fn start_background(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.catch_up_ensembles().await {
+                tracing::error!(error = %e, "could not look for sweeps to ensemble");
+            }
+        });
         let shutdown = self.shutdown_token();
         let this = self.clone();
         let wake = self.wake();

@@ -17,10 +17,12 @@ use sweepfold_common::{Attempt, Bytes, JobId, JobState, SweepId};
 use crate::error::{Error, Result};
 
 mod agents;
+mod ensembles;
 mod lifecycle;
 mod outputs;
 
 pub use agents::{AgentRecord, DatasetRecord};
+pub use ensembles::{ConfigStats, CurvePoint, EnsembleRecord};
 pub use lifecycle::{AssignmentInfo, Finished, Outcome, QueuedJob};
 pub use outputs::{MetricRecord, OutputRecord};
 
@@ -33,6 +35,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_agents_outputs",
         include_str!("../../migrations/0002_agents_outputs.sql"),
+    ),
+    (
+        "0003_ensembles",
+        include_str!("../../migrations/0003_ensembles.sql"),
     ),
 ];
 
@@ -117,6 +123,8 @@ pub struct SweepRecord {
     pub submitted_at_ms: i64,
     pub configurations: u32,
     pub counts: JobCounts,
+    /// The newest automatic ensemble, once the sweep has one.
+    pub ensemble: Option<EnsembleRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -239,6 +247,7 @@ fn sweep_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SweepRecord> {
         submitted_at_ms: r.get(15)?,
         configurations: 0,
         counts: JobCounts::default(),
+        ensemble: None,
     })
 }
 
@@ -430,6 +439,7 @@ impl Store {
             [s.id.0],
             |r| r.get(0),
         )?;
+        s.ensemble = self.sweep_ensemble(s.id)?;
         Ok(())
     }
 

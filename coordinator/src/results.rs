@@ -334,14 +334,12 @@ pub fn load(plan: &ResultsPlan, blobs: &BlobStore, want: Want) -> Result<Loaded>
                 }
             }
         }
-        if complete {
-            if let Some(row) = covered.iter().position(|&n| n != 1) {
-                return Err(Error::InvalidArgument(format!(
-                    "the folds of {} cover training row {row} {} times instead of once",
-                    c.label(),
-                    covered[row]
-                )));
-            }
+        if complete && let Some(row) = covered.iter().position(|&n| n != 1) {
+            return Err(Error::InvalidArgument(format!(
+                "the folds of {} cover training row {row} {} times instead of once",
+                c.label(),
+                covered[row]
+            )));
         }
         let index = results.len();
         results.push(ConfigResult {

@@ -2,9 +2,11 @@
 //! starts them as real processes on free ports, polls for readiness (never
 //! sleeps for a fixed time), and kills them when dropped.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -101,6 +103,12 @@ pub struct Coordinator {
     pub data_dir: PathBuf,
     pub log: LogLines,
 }
+
+/// Coordinator settings for fault tests: a 3 s lease, 500 ms heartbeats.
+pub const FAST_LEASE: &[(&str, &str)] = &[
+    ("SWEEPFOLD_COORDINATOR_LEASE_MS", "3000"),
+    ("SWEEPFOLD_COORDINATOR_HEARTBEAT_INTERVAL_MS", "500"),
+];
 
 impl Coordinator {
     /// Starts a coordinator on `listen` (use `127.0.0.1:0` for a free port)
@@ -210,7 +218,18 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent and waits until it has registered.
     pub fn start(coordinator_url: &str, name: &str, work_dir: &Path, args: &[&str]) -> Agent {
-        let agent = Self::spawn(coordinator_url, name, work_dir, args);
+        Self::start_with_env(coordinator_url, name, work_dir, args, &[])
+    }
+
+    /// Like [`Agent::start`] with extra environment variables.
+    pub fn start_with_env(
+        coordinator_url: &str,
+        name: &str,
+        work_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
+        let agent = Self::spawn_with_env(coordinator_url, name, work_dir, args, env);
         wait_for(
             &format!("agent {name} to register"),
             Duration::from_secs(60),
@@ -226,7 +245,21 @@ impl Agent {
 
     /// Starts an agent without waiting for it to register.
     pub fn spawn(coordinator_url: &str, name: &str, work_dir: &Path, args: &[&str]) -> Agent {
-        let mut child = Command::new(bin("agent"))
+        Self::spawn_with_env(coordinator_url, name, work_dir, args, &[])
+    }
+
+    pub fn spawn_with_env(
+        coordinator_url: &str,
+        name: &str,
+        work_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
+        let mut cmd = Command::new(bin("agent"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .arg("run")
             .arg("--coordinator")
             .arg(coordinator_url)
@@ -348,4 +381,127 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("tests/ is inside the repository")
         .to_path_buf()
+}
+
+/// A TCP proxy whose "network" can be cut: while paused it forwards nothing
+/// and accepts no connection, like a link dropping packets (no reset is
+/// sent, so both ends only notice through their own timeouts).
+pub struct Proxy {
+    pub addr: String,
+    paused: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(target: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let addr = listener.local_addr().unwrap().to_string();
+        let paused = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let target = target.to_string();
+        let (p, st) = (paused.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                if p.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let Ok(server) = TcpStream::connect(&target) else {
+                            continue;
+                        };
+                        for (from, to) in [
+                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                            (server, client),
+                        ] {
+                            let (p, st) = (p.clone(), st.clone());
+                            std::thread::spawn(move || pump(from, to, &p, &st));
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Proxy { addr, paused, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn cut(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    pub fn heal(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, paused: &AtomicBool, stop: &AtomicBool) {
+    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if paused.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Milliseconds since the Unix epoch (to compare with event times).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Pids of processes whose command line contains `needle`.
+pub fn pids_with(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) && !cmd.contains("pgrep") {
+                out.push(pid);
+            }
+        }
+    }
+    out
 }

@@ -32,6 +32,9 @@ pub struct AgentConfig {
     pub reconnect_max_ms: u64,
     /// Lines of a failed job's log sent to the coordinator.
     pub log_tail_lines: usize,
+    /// A job process that fails within this many seconds without reporting
+    /// an epoch counts as a failure at start.
+    pub start_failure_secs: u64,
 }
 
 impl Default for AgentConfig {
@@ -47,6 +50,7 @@ impl Default for AgentConfig {
             cancel_grace_ms: 10_000,
             reconnect_max_ms: 10_000,
             log_tail_lines: 40,
+            start_failure_secs: 20,
         }
     }
 }

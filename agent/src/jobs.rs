@@ -30,6 +30,10 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuProbe;
 use crate::upload::{UploadError, Uploader};
 
+/// File in a job directory holding the pid (and process group) of its
+/// process while it runs.
+const PID_FILE: &str = "pid";
+
 /// Roles and files of a job's outputs, in upload order.
 const OUTPUT_ROLES: [&str; 5] = [
     "val_indices",
@@ -52,8 +56,9 @@ struct State {
     running: HashMap<JobId, Running>,
     /// Updates not yet handed to a session, in order.
     queue: VecDeque<pb::JobUpdate>,
-    /// `finished` updates handed to a session but not yet acknowledged.
-    unacked: Vec<pb::JobUpdate>,
+    /// `finished` updates handed to a session but not yet acknowledged, with
+    /// when they were last sent.
+    unacked: Vec<(pb::JobUpdate, Instant)>,
 }
 
 pub struct JobManager {
@@ -136,7 +141,7 @@ impl JobManager {
             {
                 st.running.remove(&JobId(u.job_id));
             }
-            st.unacked.push(u);
+            st.unacked.push((u, Instant::now()));
         }
     }
 
@@ -151,18 +156,42 @@ impl JobManager {
                 {
                     st.running.remove(&JobId(u.job_id));
                 }
-                st.unacked.push(u.clone());
+                st.unacked.push((u.clone(), Instant::now()));
             }
         }
-        let mut all = st.unacked.clone();
+        let now = Instant::now();
+        let mut all: Vec<pb::JobUpdate> = st
+            .unacked
+            .iter_mut()
+            .map(|(u, sent)| {
+                *sent = now;
+                u.clone()
+            })
+            .collect();
         all.extend(queued.into_iter().filter(|u| !is_finished(u)));
         all
+    }
+
+    /// `finished` updates sent more than `age` ago and still not
+    /// acknowledged (the coordinator could not record them, say its disk
+    /// was full): sent again.
+    pub fn resend_due(&self, age: Duration) -> Vec<pb::JobUpdate> {
+        let now = Instant::now();
+        self.state()
+            .unacked
+            .iter_mut()
+            .filter(|(_, sent)| now.duration_since(*sent) >= age)
+            .map(|(u, sent)| {
+                *sent = now;
+                u.clone()
+            })
+            .collect()
     }
 
     pub fn ack(&self, job: JobId, attempt: Attempt) {
         self.state()
             .unacked
-            .retain(|u| !(u.job_id == job.0 && u.attempt == attempt.0));
+            .retain(|(u, _)| !(u.job_id == job.0 && u.attempt == attempt.0));
     }
 
     // -- queries ------------------------------------------------------------
@@ -270,6 +299,16 @@ impl JobManager {
 
     // -- running one job ------------------------------------------------------
 
+    /// A failure before the job's process ran.
+    fn failed_at_start(error: String) -> pb::JobFinished {
+        pb::JobFinished {
+            outcome: pb::job_finished::Outcome::Failed as i32,
+            error,
+            start_failure: true,
+            ..Default::default()
+        }
+    }
+
     fn failed(error: String, log_tail: String) -> pb::JobFinished {
         pb::JobFinished {
             outcome: pb::job_finished::Outcome::Failed as i32,
@@ -287,16 +326,16 @@ impl JobManager {
     ) -> pb::JobFinished {
         let prepared = match self.prepare(a) {
             Ok(p) => p,
-            Err(e) => return Self::failed(format!("could not start the job: {e}"), String::new()),
+            Err(e) => return Self::failed_at_start(format!("could not start the job: {e}")),
         };
         let job = JobId(a.job_id);
         let mut log = match tokio::fs::File::create(&prepared.log_path).await {
             Ok(f) => f,
             Err(e) => {
-                return Self::failed(
-                    format!("cannot create {}: {e}", prepared.log_path.display()),
-                    String::new(),
-                );
+                return Self::failed_at_start(format!(
+                    "cannot create {}: {e}",
+                    prepared.log_path.display()
+                ));
             }
         };
         // Commands run in the agent's working directory, so relative paths
@@ -314,13 +353,15 @@ impl JobManager {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                return Self::failed(
-                    format!("cannot start `{}`: {e}", prepared.program.display()),
-                    String::new(),
-                );
+                return Self::failed_at_start(format!(
+                    "cannot start `{}`: {e}",
+                    prepared.program.display()
+                ));
             }
         };
         let pid = child.id().unwrap_or(0);
+        // Lets a restarted agent find and stop this process if we die.
+        let _ = std::fs::write(prepared.job_dir.join(PID_FILE), pid.to_string());
         if let Some(r) = self.state().running.get_mut(&job) {
             r.pid = Some(pid);
         }
@@ -365,6 +406,7 @@ impl JobManager {
         let mut tail: VecDeque<String> = VecDeque::new();
         let mut peak = Bytes(0);
         let mut oom_reported = None;
+        let mut epochs_reported = 0u32;
         let mut cancelled = false;
         let mut kill_at: Option<tokio::time::Instant> = None;
         let mut sample = tokio::time::interval(Duration::from_millis(500));
@@ -380,6 +422,7 @@ impl JobManager {
                     if !is_stdout { continue; }
                     match ChildEvent::parse_line(&line) {
                         Some(Ok(ChildEvent::Epoch(e))) => {
+                            epochs_reported += 1;
                             peak = peak.max(Bytes(e.peak_gpu_memory_bytes));
                             self.report(pb::JobUpdate {
                                 job_id: a.job_id,
@@ -441,6 +484,7 @@ impl JobManager {
         let _ = log.flush().await;
         // Whatever the child left behind in its group goes too.
         signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = std::fs::remove_file(prepared.job_dir.join(PID_FILE));
         if let Some(p) = &self.probe {
             p.release(pid);
         }
@@ -484,6 +528,8 @@ impl JobManager {
                     error: format!("the job process failed: {why}"),
                     log_tail,
                     peak_gpu_memory_bytes: peak.get(),
+                    start_failure: epochs_reported == 0
+                        && started.elapsed() < Duration::from_secs(self.cfg.start_failure_secs),
                     ..Default::default()
                 },
             };
@@ -764,6 +810,37 @@ impl JobManager {
         }
         Ok(refs)
     }
+}
+
+/// Kills job processes a previous run of the agent left behind (it was
+/// killed without stopping them). A process is only killed if its
+/// environment names that job directory, so a reused pid is never hit.
+pub fn kill_orphans(work_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(work_dir.join("jobs")) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let pid_file = dir.join(PID_FILE);
+        let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let marker = format!("{}={}", env::JOB_DIR, dir.display());
+        let ours = std::fs::read(format!("/proc/{pid}/environ"))
+            .map(|env| env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()))
+            .unwrap_or(false);
+        if ours {
+            tracing::warn!(pid, job_dir = %dir.display(), "killing a job process left behind by a previous run of the agent");
+            signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            killed += 1;
+        }
+        let _ = std::fs::remove_file(&pid_file);
+    }
+    killed
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {

@@ -121,6 +121,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let probe = make_probe(&cfg)?;
     std::fs::create_dir_all(&cfg.work_dir)
         .with_context(|| format!("cannot create work dir {}", cfg.work_dir.display()))?;
+    agent::jobs::kill_orphans(&std::path::absolute(&cfg.work_dir)?);
     let datasets = Arc::new(Datasets::load(&cfg.datasets)?);
     if cfg.datasets.is_empty() {
         tracing::warn!("no datasets configured (--dataset NAME=PATH): this agent will get no jobs");

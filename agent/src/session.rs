@@ -21,6 +21,9 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuInfo, GpuProbe};
 use crate::jobs::JobManager;
 
+/// A finished job's report not acknowledged after this long is sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(15);
+
 pub struct Agent {
     pub cfg: Arc<AgentConfig>,
     pub probe: Option<Arc<dyn GpuProbe>>,
@@ -200,6 +203,8 @@ impl Agent {
             u64::from(welcome.heartbeat_interval_ms).max(100),
         ));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resend = tokio::time::interval(RESEND_AFTER);
+        resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -208,6 +213,13 @@ impl Agent {
                     tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(hb)) })
                         .await
                         .map_err(|_| Error::Rpc("the session stream closed".into()))?;
+                }
+                _ = resend.tick() => {
+                    for u in self.jobs.resend_due(RESEND_AFTER) {
+                        tracing::warn!(job = u.job_id, attempt = u.attempt, "no acknowledgement of a finished job yet; sending it again");
+                        let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::JobUpdate(u)) };
+                        tx.send(msg).await.map_err(|_| Error::Rpc("the session stream closed".into()))?;
+                    }
                 }
                 u = self.jobs.next_update() => {
                     let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::JobUpdate(u.clone())) };

@@ -192,6 +192,7 @@ fn simulate(jobs: &[Job], policy: Policy, max_jobs_per_gpu: u32, longest_first: 
                     },
                     dataset: "sketch".into(),
                     estimate: Some(j.memory),
+                    avoid_agent: None,
                 })
                 .collect(),
             owner_usage: BTreeMap::new(),

@@ -33,6 +33,7 @@ fn snapshot(pending: usize, gpus: usize, policy: Policy) -> Snapshot {
                 priority: (i % 3) as i32,
                 dataset: "sketch".into(),
                 estimate: Some(Bytes::from_gib(4 + (i % 5) as u64 * 3)),
+                avoid_agent: None,
             })
             .collect(),
         owner_usage: BTreeMap::new(),

@@ -39,7 +39,14 @@ pub struct AgentLive {
     pub last_seen_ms: i64,
     /// Set once the lease expired, so the loss is handled once.
     pub lease_expired: bool,
+    /// Why the agent gets no jobs, while it gets none.
     pub unhealthy: Option<String>,
+    /// Failures at start in a row.
+    pub start_failures: u32,
+    /// No jobs before this instant.
+    pub unhealthy_until: Option<Instant>,
+    /// The next cooldown (doubles while the agent keeps failing).
+    pub cooldown: Duration,
     /// When each job was sent to this agent (heartbeats may lag behind).
     pub assigned_at: HashMap<JobId, Instant>,
 }
@@ -61,8 +68,53 @@ impl AgentLive {
             last_seen_ms: r.last_seen_ms,
             lease_expired: false,
             unhealthy: None,
+            start_failures: 0,
+            unhealthy_until: None,
+            cooldown: Duration::ZERO,
             assigned_at: HashMap::new(),
         }
+    }
+
+    /// Whether the scheduler may give this agent jobs now. After its
+    /// cooldown an unhealthy agent may take jobs again; one more failure at
+    /// start makes it unhealthy again for twice as long.
+    pub fn healthy(&self, now: Instant) -> bool {
+        self.unhealthy_until.is_none_or(|t| now >= t)
+    }
+
+    /// Records a failure at start; returns true if it made the agent
+    /// unhealthy.
+    pub fn record_start_failure(
+        &mut self,
+        error: &str,
+        cfg: &crate::config::CoordinatorConfig,
+    ) -> bool {
+        self.start_failures += 1;
+        if self.start_failures < cfg.agent_unhealthy_after {
+            return false;
+        }
+        let base = Duration::from_millis(cfg.agent_cooldown_ms);
+        self.cooldown = if self.cooldown.is_zero() {
+            base
+        } else {
+            (self.cooldown * 2).min(base * 32)
+        };
+        self.unhealthy_until = Some(Instant::now() + self.cooldown);
+        self.unhealthy = Some(format!(
+            "{} jobs in a row failed at start (last: {}); no jobs for {} s",
+            self.start_failures,
+            error.lines().next().unwrap_or(""),
+            self.cooldown.as_secs()
+        ));
+        true
+    }
+
+    /// A job ran normally: the agent is healthy.
+    pub fn record_healthy(&mut self) {
+        self.start_failures = 0;
+        self.unhealthy_until = None;
+        self.unhealthy = None;
+        self.cooldown = Duration::ZERO;
     }
 
     pub fn connected(&self) -> bool {
@@ -86,6 +138,62 @@ impl AgentLive {
             .map(|d| d.name.clone())
             .filter(|n| !self.mismatched.contains(n))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CoordinatorConfig;
+
+    fn live() -> AgentLive {
+        AgentLive::from_record(
+            &AgentRecord {
+                name: "a".into(),
+                hostname: "h".into(),
+                version: "v".into(),
+                cpu_only: true,
+                gpus_json: "[]".into(),
+                datasets_json: "[]".into(),
+                first_seen_ms: 0,
+                last_seen_ms: 0,
+            },
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn three_failures_at_start_trip_the_breaker_and_cooldowns_double() {
+        let cfg = CoordinatorConfig {
+            agent_cooldown_ms: 60_000,
+            ..Default::default()
+        };
+        let mut a = live();
+        assert!(!a.record_start_failure("dataset missing", &cfg));
+        assert!(!a.record_start_failure("dataset missing", &cfg));
+        assert!(a.healthy(Instant::now()));
+        assert!(a.record_start_failure("dataset `sketch` is not configured", &cfg));
+        assert!(!a.healthy(Instant::now()));
+        assert!(
+            a.healthy(Instant::now() + Duration::from_secs(61)),
+            "after the cooldown: one more try"
+        );
+        let reason = a.unhealthy.clone().unwrap();
+        assert!(
+            reason.contains("3 jobs in a row failed at start"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("dataset `sketch` is not configured"),
+            "{reason}"
+        );
+        // The probe fails again: twice as long.
+        assert!(a.record_start_failure("still broken", &cfg));
+        assert_eq!(a.cooldown, Duration::from_secs(120));
+        a.record_healthy();
+        assert!(a.healthy(Instant::now()));
+        assert_eq!(a.start_failures, 0);
+        assert!(a.unhealthy.is_none());
     }
 }
 
@@ -179,6 +287,9 @@ impl Core {
                 }
                 Some(Update::Epoch(m)) => {
                     self.store.check_current(job, attempt, agent)?;
+                    if let Some(live) = self.agents.get_mut(agent) {
+                        live.record_healthy();
+                    }
                     self.store.record_epoch(
                         job,
                         &MetricRecord {
@@ -198,6 +309,21 @@ impl Core {
                 Some(Update::Finished(f)) => {
                     let current = self.store.check_current(job, attempt, agent)?;
                     let outcome = self.outcome_of(&current, f, cfg)?;
+                    // Only failures charged to the agent count against its
+                    // health; a job that ran normally proves it works.
+                    if let Some(live) = self.agents.get_mut(agent) {
+                        if matches!(outcome, Outcome::StartFailure { .. }) {
+                            if live.record_start_failure(&f.error, cfg) {
+                                tracing::error!(
+                                    agent,
+                                    reason = %live.unhealthy.clone().unwrap_or_default(),
+                                    "agent marked unhealthy: it gets no jobs until its cooldown ends"
+                                );
+                            }
+                        } else if !f.start_failure {
+                            live.record_healthy();
+                        }
+                    }
                     let succeeded = matches!(outcome, Outcome::Succeeded { .. });
                     let done = self.finish(job, attempt, Some(agent), outcome, now)?;
                     if succeeded && f.peak_gpu_memory_bytes > 0 {
@@ -299,6 +425,18 @@ impl Core {
             O::Cancelled => Outcome::Lost {
                 reason: format!("the agent stopped the job: {}", f.error),
             },
+            // The first failure at start of a job is charged to the agent;
+            // a job that fails at start again (elsewhere or here) is broken.
+            O::Failed if f.start_failure && !self.store.had_start_failure(job.id)? => {
+                Outcome::StartFailure {
+                    error: if f.error.is_empty() {
+                        "the job failed at start".into()
+                    } else {
+                        f.error.clone()
+                    },
+                    log_tail: f.log_tail.clone(),
+                }
+            }
             _ => Outcome::Failed {
                 error: if f.error.is_empty() {
                     "the job failed".into()
@@ -512,7 +650,11 @@ impl CoordinatorHandle {
                 })?;
                 core.next_session += 1;
                 let session = core.next_session;
-                let previous_unhealthy = core.agents.get(&name).and_then(|a| a.unhealthy.clone());
+                // Health survives a reconnection (a restart does not cure a
+                // broken CUDA install).
+                let previous = core.agents.get(&name).map(|a| {
+                    (a.unhealthy.clone(), a.start_failures, a.unhealthy_until, a.cooldown)
+                });
                 core.agents.insert(
                     name.clone(),
                     AgentLive {
@@ -528,7 +670,10 @@ impl CoordinatorHandle {
                         last_seen: Instant::now(),
                         last_seen_ms: now,
                         lease_expired: false,
-                        unhealthy: previous_unhealthy,
+                        unhealthy: previous.as_ref().and_then(|p| p.0.clone()),
+                        start_failures: previous.as_ref().map_or(0, |p| p.1),
+                        unhealthy_until: previous.as_ref().and_then(|p| p.2),
+                        cooldown: previous.as_ref().map_or(Duration::ZERO, |p| p.3),
                         assigned_at: HashMap::new(),
                     },
                 );
@@ -713,7 +858,11 @@ impl CoordinatorHandle {
                         .filter(|j| &j.agent == name)
                         .map(|j| j.id.0)
                         .collect(),
-                    unhealthy_reason: a.unhealthy.clone().unwrap_or_default(),
+                    unhealthy_reason: if a.healthy(Instant::now()) {
+                        String::new()
+                    } else {
+                        a.unhealthy.clone().unwrap_or_default()
+                    },
                     version: a.version.clone(),
                     mismatched_datasets: a.mismatched.iter().cloned().collect(),
                 });

@@ -29,6 +29,11 @@ pub struct CoordinatorConfig {
     pub lease_ms: u64,
     /// Largest output file an agent may upload.
     pub max_upload_bytes: Bytes,
+    /// Failures at start in a row after which an agent gets no jobs.
+    pub agent_unhealthy_after: u32,
+    /// How long an unhealthy agent waits before it may try one job again
+    /// (doubled each time it fails again, up to 32x).
+    pub agent_cooldown_ms: u64,
     pub scheduler: SchedulerConfig,
 }
 
@@ -71,6 +76,8 @@ impl Default for CoordinatorConfig {
             heartbeat_interval_ms: 2_000,
             lease_ms: 10_000,
             max_upload_bytes: Bytes::from_gib(4),
+            agent_unhealthy_after: 3,
+            agent_cooldown_ms: 60_000,
             scheduler: SchedulerConfig::default(),
         }
     }
@@ -115,6 +122,9 @@ impl CoordinatorConfig {
                 "lease_ms ({}) must be at least twice heartbeat_interval_ms ({}), which must be positive",
                 self.lease_ms, self.heartbeat_interval_ms
             ));
+        }
+        if self.agent_unhealthy_after == 0 {
+            return Err("agent_unhealthy_after must be at least 1".into());
         }
         let s = &self.scheduler;
         if s.max_jobs_per_gpu == 0 {

@@ -85,6 +85,9 @@ pub struct PendingJob {
     pub dataset: String,
     /// Peak GPU memory expected; `None` when nothing is known yet.
     pub estimate: Option<Bytes>,
+    /// An agent this job must not go to (its last attempt failed at start
+    /// there).
+    pub avoid_agent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -165,7 +168,12 @@ pub fn plan(s: &Snapshot) -> Vec<Assignment> {
 /// The device `job` should go to, if any fits.
 fn choose(devices: &[Device], job: &PendingJob, s: &Snapshot) -> Option<usize> {
     let fits = |d: &Device| {
-        if !d.healthy || d.exclusive || d.jobs >= d.max_jobs || !d.datasets.contains(&job.dataset) {
+        if !d.healthy
+            || d.exclusive
+            || d.jobs >= d.max_jobs
+            || !d.datasets.contains(&job.dataset)
+            || job.avoid_agent.as_deref() == Some(d.agent.as_str())
+        {
             return false;
         }
         match (d.is_gpu(), job.estimate) {
@@ -216,6 +224,7 @@ mod tests {
             priority: 0,
             dataset: "sketch".into(),
             estimate: gib.map(Bytes::from_gib),
+            avoid_agent: None,
         }
     }
 
@@ -354,6 +363,18 @@ mod tests {
     }
 
     #[test]
+    fn a_job_avoids_the_agent_it_failed_to_start_on() {
+        let mut j = job(1, "u", Some(1));
+        j.avoid_agent = Some("a".into());
+        let p = plan(&snapshot(
+            vec![gpu("a", "g0", 32), gpu("b", "g1", 8)],
+            vec![j.clone()],
+        ));
+        assert_eq!(placed(&p), vec![(1, 1)]);
+        assert!(plan(&snapshot(vec![gpu("a", "g0", 32)], vec![j])).is_empty());
+    }
+
+    #[test]
     fn a_small_job_backfills_behind_a_big_one() {
         let s = snapshot(
             vec![gpu("a", "g0", 16)],
@@ -403,14 +424,16 @@ mod tests {
             -1i32..2,
             0usize..3,
             prop::option::of(1u64..24),
+            prop::option::of(0usize..3),
         )
-            .prop_map(|(id, owner, priority, ds, gib)| PendingJob {
+            .prop_map(|(id, owner, priority, ds, gib, avoid)| PendingJob {
                 id: JobId(id),
                 sweep: SweepId(id % 3),
                 owner: format!("owner{owner}"),
                 priority,
                 dataset: format!("d{ds}"),
                 estimate: gib.map(Bytes::from_gib),
+                avoid_agent: avoid.map(|a| format!("agent{a}")),
             });
         (
             prop::collection::vec(device, 0..8),
@@ -462,6 +485,7 @@ mod tests {
                 let d = &s.devices[a.device];
                 prop_assert!(d.datasets.contains(&job.dataset), "dataset missing");
                 prop_assert!(d.healthy);
+                prop_assert!(job.avoid_agent.as_deref() != Some(d.agent.as_str()), "avoided agent");
             }
             for (i, d) in s.devices.iter().enumerate() {
                 let n = p.iter().filter(|a| a.device == i).count() as u32;

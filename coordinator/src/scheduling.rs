@@ -44,7 +44,7 @@ impl Core {
                 continue;
             }
             let datasets = agent.usable_datasets();
-            let healthy = agent.unhealthy.is_none();
+            let healthy = agent.healthy(Instant::now());
             let mine: Vec<_> = active.iter().filter(|j| &j.agent == name).collect();
             if agent.cpu_only {
                 devices.push(Device {
@@ -109,17 +109,39 @@ impl Core {
             let e = owner_usage.entry(owner.clone()).or_default();
             *e = e.saturating_add(use_);
         }
-        let pending = self
-            .store
-            .queued_jobs()?
+        // Agents (healthy, connected) holding each dataset: a job avoids the
+        // agent it failed to start on only while another one could take it.
+        let mut holders: HashMap<&str, std::collections::BTreeSet<&str>> = HashMap::new();
+        for d in devices.iter().filter(|d| d.healthy) {
+            for ds in &d.datasets {
+                holders
+                    .entry(ds.as_str())
+                    .or_default()
+                    .insert(d.agent.as_str());
+            }
+        }
+        let queued = self.store.queued_jobs()?;
+        let avoid: Vec<Option<String>> = queued
+            .iter()
+            .map(|q| {
+                q.avoid_agent.clone().filter(|bad| {
+                    holders
+                        .get(q.dataset.as_str())
+                        .is_some_and(|h| h.iter().any(|a| a != bad))
+                })
+            })
+            .collect();
+        let pending = queued
             .into_iter()
-            .map(|q| PendingJob {
+            .zip(avoid)
+            .map(|(q, avoid_agent)| PendingJob {
                 estimate: self.estimate(q.memory_estimate, &q.memory_key, cfg),
                 id: q.id,
                 sweep: q.sweep_id,
                 owner: q.owner,
                 priority: q.priority,
                 dataset: q.dataset,
+                avoid_agent,
             })
             .collect();
         Ok(Snapshot {

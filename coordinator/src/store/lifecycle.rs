@@ -23,6 +23,8 @@ pub struct QueuedJob {
     pub memory_key: String,
     /// 0 when unknown.
     pub memory_estimate: Bytes,
+    /// The agent of the last attempt, if that attempt failed at start.
+    pub avoid_agent: Option<String>,
 }
 
 /// What an agent needs to know about a job's sweep to run it.
@@ -59,6 +61,9 @@ pub enum Outcome {
     },
     /// The agent went away (lease expired) or no longer has the job.
     Lost { reason: String },
+    /// The job failed before its process ran (or right after, without an
+    /// epoch) for the first time: requeued without using a retry.
+    StartFailure { error: String, log_tail: String },
 }
 
 impl Outcome {
@@ -68,6 +73,7 @@ impl Outcome {
             Outcome::Failed { .. } => "failed",
             Outcome::OutOfMemory { .. } => "out_of_memory",
             Outcome::Lost { .. } => "lost",
+            Outcome::StartFailure { .. } => "start_failure",
         }
     }
 }
@@ -126,7 +132,9 @@ impl Store {
     /// Queued jobs with what placement needs, oldest first.
     pub fn queued_jobs(&self) -> Result<Vec<QueuedJob>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT j.id, j.sweep_id, s.owner, s.priority, s.dataset, j.memory_key, j.memory_estimate \
+            "SELECT j.id, j.sweep_id, s.owner, s.priority, s.dataset, j.memory_key, j.memory_estimate, \
+             (SELECT a.agent FROM attempts a WHERE a.job_id = j.id AND a.attempt = j.attempt \
+              AND a.outcome = 'start_failure') \
              FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE j.state = 'queued' ORDER BY j.id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -138,6 +146,7 @@ impl Store {
                 dataset: r.get(4)?,
                 memory_key: r.get(5)?,
                 memory_estimate: Bytes(r.get::<_, i64>(6)? as u64),
+                avoid_agent: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -275,6 +284,9 @@ impl Store {
                 ..
             } => (*peak, *gpu_seconds, error.as_str(), log_tail.as_str()),
             Outcome::Lost { reason } => (Bytes(0), 0.0, reason.as_str(), ""),
+            Outcome::StartFailure { error, log_tail } => {
+                (Bytes(0), 0.0, error.as_str(), log_tail.as_str())
+            }
         };
         tx.execute(
             "UPDATE attempts SET ended_at_ms = ?3, outcome = ?4, error = ?5, peak_memory = ?6, \
@@ -328,6 +340,19 @@ impl Store {
                         format!("{error}; requeued with a {new_estimate} estimate"),
                     ),
                 }
+            }
+            Outcome::StartFailure { error, .. } => {
+                tx.execute(
+                    "UPDATE jobs SET lost_attempts = lost_attempts + 1, log_tail = ?2 WHERE id = ?1",
+                    params![job.0, log_tail],
+                )?;
+                (
+                    JobState::Queued,
+                    format!(
+                        "{error} (failed at start on agent {}: no retry used)",
+                        j.agent
+                    ),
+                )
             }
             Outcome::Lost { reason } => {
                 let lost = j.lost_attempts + 1;
@@ -391,6 +416,15 @@ impl Store {
                     spec_json: r.get(4)?,
                 })
             },
+        )?)
+    }
+
+    /// True when an earlier attempt of the job already failed at start.
+    pub fn had_start_failure(&self, job: JobId) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM attempts WHERE job_id = ?1 AND outcome = 'start_failure')",
+            [job.0],
+            |r| r.get(0),
         )?)
     }
 

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary, built on first use with the same profile as
-/// the running test.
+/// the running test. It builds the whole workspace's binaries *and tests*:
+/// that is the feature set `cargo test --workspace` resolves (dev-dependencies
+/// included), so the binaries it already built are reused, not rebuilt.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
@@ -25,15 +27,7 @@ pub fn bin(name: &str) -> PathBuf {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "coordinator",
-            "-p",
-            "agent",
-            "--bins",
-        ]);
+        cmd.args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
         if release {
             cmd.arg("--release");
         }
@@ -339,6 +333,8 @@ pub fn cli(url: &str, args: &[&str]) -> Output {
         .arg(url)
         .args(args)
         .env_remove("SWEEPFOLD_COORDINATOR")
+        .env_remove("SWEEPFOLD_TOKEN")
+        .env_remove("SWEEPFOLD_CA_CERT")
         .env("SWEEPFOLD_LOG", "warn")
         .output()
         .expect("run coordinator CLI")

@@ -35,6 +35,16 @@ pub struct AgentConfig {
     /// A job process that fails within this many seconds without reporting
     /// an epoch counts as a failure at start.
     pub start_failure_secs: u64,
+    /// Agent token (`coordinator token create NAME --agent`); prefer
+    /// `token_file` or SWEEPFOLD_AGENT_TOKEN over writing it here.
+    pub token: Option<String>,
+    /// A file holding the agent token (read at start-up).
+    pub token_file: Option<PathBuf>,
+    /// CA certificate that signed the coordinator's (for https:// URLs).
+    pub ca_cert: Option<PathBuf>,
+    /// This agent's client certificate and key (`coordinator certs init --agent NAME`).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -51,6 +61,11 @@ impl Default for AgentConfig {
             reconnect_max_ms: 10_000,
             log_tail_lines: 40,
             start_failure_secs: 20,
+            token: None,
+            token_file: None,
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -125,6 +140,22 @@ impl AgentConfig {
         if cfg.name.is_empty() {
             cfg.name = crate::hostname();
         }
+        let settings_error = |message: String| SettingsError {
+            message,
+            file: file.map(|f| f.display().to_string()),
+            env_prefix: ENV_PREFIX.into(),
+        };
+        if let Some(path) = &cfg.token_file {
+            if cfg.token.is_some() {
+                return Err(settings_error(
+                    "token and token_file exclude each other".into(),
+                ));
+            }
+            let token = std::fs::read_to_string(path).map_err(|e| {
+                settings_error(format!("token_file: cannot read {}: {e}", path.display()))
+            })?;
+            cfg.token = Some(token.trim().to_string());
+        }
         cfg.validate().map_err(|message| SettingsError {
             message,
             file: file.map(|f| f.display().to_string()),
@@ -166,6 +197,38 @@ impl AgentConfig {
         if let Some(spec) = &self.fake_gpus {
             crate::gpu::parse_fake_gpus(spec)?;
         }
+        if let Some(token) = &self.token
+            && (token.is_empty() || !token.chars().all(|c| c.is_ascii_graphic()))
+        {
+            return Err("token is empty or holds characters a header cannot carry".into());
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err("client_cert and client_key go together".into());
+        }
+        let tls = self.coordinator.starts_with("https://");
+        for (key, path) in [
+            ("ca_cert", &self.ca_cert),
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+        ] {
+            if let Some(p) = path {
+                if !tls {
+                    return Err(format!(
+                        "{key} is set but coordinator `{}` is not an https:// URL",
+                        self.coordinator
+                    ));
+                }
+                if !p.is_file() {
+                    return Err(format!("{key}: {} is not a readable file", p.display()));
+                }
+            }
+        }
+        if tls && self.ca_cert.is_none() {
+            return Err(format!(
+                "coordinator `{}` uses TLS: set ca_cert to the CA that signed its certificate",
+                self.coordinator
+            ));
+        }
         Ok(())
     }
 }
@@ -173,6 +236,66 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deploy_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
+        let cfg: AgentConfig = load_layered(
+            Some(&path),
+            ENV_PREFIX,
+            EnvSource::Map(Default::default()),
+            &[],
+        )
+        .unwrap();
+        assert!(cfg.coordinator.starts_with("https://"));
+        assert!(cfg.token_file.is_some() && cfg.client_cert.is_some() && cfg.ca_cert.is_some());
+    }
+
+    #[test]
+    fn token_file_is_read_and_tls_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("agent.token");
+        std::fs::write(&token, "sfa_abc\n").unwrap();
+        let load = |pairs: &[(&str, String)]| {
+            AgentConfig::load(
+                None,
+                EnvSource::Map(
+                    pairs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.clone()))
+                        .collect(),
+                ),
+                &Flags {
+                    cpu: true,
+                    ..Default::default()
+                },
+            )
+        };
+        let cfg = load(&[("SWEEPFOLD_AGENT_TOKEN_FILE", token.display().to_string())]).unwrap();
+        assert_eq!(cfg.token.as_deref(), Some("sfa_abc"));
+        let both = load(&[
+            ("SWEEPFOLD_AGENT_TOKEN_FILE", token.display().to_string()),
+            ("SWEEPFOLD_AGENT_TOKEN", "x".into()),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(both.contains("exclude each other"), "{both}");
+        let no_ca = load(&[("SWEEPFOLD_AGENT_COORDINATOR", "https://gpu1:7070".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(no_ca.contains("ca_cert"), "{no_ca}");
+        let plain = load(&[("SWEEPFOLD_AGENT_CA_CERT", token.display().to_string())])
+            .unwrap_err()
+            .to_string();
+        assert!(plain.contains("not an https:// URL"), "{plain}");
+        let missing = load(&[("SWEEPFOLD_AGENT_TOKEN_FILE", "/nonexistent/t".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("token_file: cannot read /nonexistent/t"),
+            "{missing}"
+        );
+    }
 
     #[test]
     fn dataset_flags_and_env_layer_over_the_file() {

@@ -346,7 +346,11 @@ impl JobManager {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
-            .kill_on_drop(false);
+            .kill_on_drop(false)
+            // A sweep's command is anyone's code: it never sees the
+            // agent's credentials.
+            .env_remove("SWEEPFOLD_AGENT_TOKEN")
+            .env_remove("SWEEPFOLD_TOKEN");
         for (k, v) in &prepared.envs {
             cmd.env(k, v);
         }

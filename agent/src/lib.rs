@@ -7,6 +7,7 @@
 //! assignment.
 
 pub mod config;
+pub mod connect;
 pub mod datasets;
 pub mod error;
 pub mod gpu;

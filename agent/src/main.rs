@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::config::{AgentConfig, Flags, parse_dataset_flag};
+use agent::connect::Gateway;
 use agent::datasets::Datasets;
 use agent::gpu::{FakeProbe, GpuProbe, NvmlProbe};
 use agent::jobs::JobManager;
@@ -126,20 +127,10 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if cfg.datasets.is_empty() {
         tracing::warn!("no datasets configured (--dataset NAME=PATH): this agent will get no jobs");
     }
-    let url = if cfg.coordinator.contains("://") {
-        cfg.coordinator.clone()
-    } else {
-        format!("http://{}", cfg.coordinator)
-    };
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .map_err(|_| anyhow!("`{url}` is not a valid coordinator URL"))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+    let url = Gateway::url(&cfg);
+    let gateway = Gateway::from_config(&cfg)?;
     let uploader = Uploader::new(
-        channel.clone(),
+        &gateway,
         cfg.name.clone(),
         Duration::from_millis(cfg.reconnect_max_ms),
     );
@@ -149,7 +140,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         probe,
         datasets,
         jobs.clone(),
-        channel,
+        gateway,
     ));
 
     let session_stop = CancellationToken::new();
@@ -171,7 +162,13 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         signal_stop.cancel();
     });
-    tracing::info!(agent = %cfg.name, coordinator = %url, "agent starting");
+    tracing::info!(
+        agent = %cfg.name,
+        coordinator = %url,
+        token = cfg.token.is_some(),
+        client_cert = cfg.client_cert.is_some(),
+        "agent starting"
+    );
     agent
         .run(session_stop, || {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

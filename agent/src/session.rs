@@ -7,13 +7,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::connect::Gateway;
 use sweepfold_common::{Attempt, JobId};
 use sweepfold_proto::v1 as pb;
-use sweepfold_proto::v1::agent_gateway_client::AgentGatewayClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::config::AgentConfig;
 use crate::datasets::Datasets;
@@ -29,7 +28,7 @@ pub struct Agent {
     pub probe: Option<Arc<dyn GpuProbe>>,
     pub datasets: Arc<Datasets>,
     pub jobs: Arc<JobManager>,
-    pub channel: Channel,
+    pub gateway: Gateway,
     /// Last good GPU reading (NVML can fail transiently).
     last_gpus: Mutex<Vec<GpuInfo>>,
 }
@@ -44,14 +43,14 @@ impl Agent {
         probe: Option<Arc<dyn GpuProbe>>,
         datasets: Arc<Datasets>,
         jobs: Arc<JobManager>,
-        channel: Channel,
+        gateway: Gateway,
     ) -> Agent {
         Agent {
             cfg,
             probe,
             datasets,
             jobs,
-            channel,
+            gateway,
             last_gpus: Mutex::new(Vec::new()),
         }
     }
@@ -155,7 +154,7 @@ impl Agent {
         shutdown: &CancellationToken,
         on_ready: &mut dyn FnMut(),
     ) -> Result<()> {
-        let mut client = AgentGatewayClient::new(self.channel.clone());
+        let mut client = self.gateway.client();
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
         let hello = self.hello();
         let missed = hello.missed_updates.len();

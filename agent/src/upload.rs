@@ -5,12 +5,11 @@
 
 use std::time::Duration;
 
+use crate::connect::{Gateway, GatewayClient};
 use sha2::{Digest, Sha256};
 use sweepfold_common::{Attempt, JobId};
 use sweepfold_proto::v1 as pb;
-use sweepfold_proto::v1::agent_gateway_client::AgentGatewayClient;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 pub const CHUNK: usize = 1 << 20;
 
@@ -26,16 +25,17 @@ pub enum UploadError {
 
 #[derive(Clone)]
 pub struct Uploader {
-    client: AgentGatewayClient<Channel>,
+    client: GatewayClient,
     agent: String,
     max_backoff: Duration,
 }
 
 impl Uploader {
-    /// `channel` may be lazy: it connects (and reconnects) on use.
-    pub fn new(channel: Channel, agent: String, max_backoff: Duration) -> Uploader {
+    /// The gateway's channel is lazy: it connects (and reconnects) on use.
+    pub fn new(gateway: &Gateway, agent: String, max_backoff: Duration) -> Uploader {
         Uploader {
-            client: AgentGatewayClient::new(channel)
+            client: gateway
+                .client()
                 .max_encoding_message_size(4 * CHUNK)
                 .max_decoding_message_size(4 * CHUNK),
             agent,

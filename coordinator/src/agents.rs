@@ -89,6 +89,11 @@ impl AgentLive {
         error: &str,
         cfg: &crate::config::CoordinatorConfig,
     ) -> bool {
+        if !self.healthy(Instant::now()) {
+            // A late report of a job sent before the agent was benched:
+            // already accounted for, the cooldown is not extended.
+            return false;
+        }
         self.start_failures += 1;
         if self.start_failures < cfg.agent_unhealthy_after {
             return false;
@@ -187,7 +192,17 @@ mod tests {
             reason.contains("dataset `sketch` is not configured"),
             "{reason}"
         );
-        // The probe fails again: twice as long.
+        // A late report of a job sent before the breaker tripped changes
+        // nothing.
+        let until = a.unhealthy_until;
+        assert!(!a.record_start_failure("late report", &cfg));
+        assert_eq!(
+            (a.unhealthy_until, a.cooldown),
+            (until, Duration::from_secs(60))
+        );
+        // The cooldown ends and the probe fails again: twice as long.
+        a.unhealthy_until = Some(Instant::now());
+        assert!(a.healthy(Instant::now()));
         assert!(a.record_start_failure("still broken", &cfg));
         assert_eq!(a.cooldown, Duration::from_secs(120));
         a.record_healthy();
@@ -287,6 +302,7 @@ impl Core {
                 }
                 Some(Update::Epoch(m)) => {
                     self.store.check_current(job, attempt, agent)?;
+                    crate::validate::epoch(job.0, m)?;
                     if let Some(live) = self.agents.get_mut(agent) {
                         live.record_healthy();
                     }
@@ -308,6 +324,12 @@ impl Core {
                 }
                 Some(Update::Finished(f)) => {
                     let current = self.store.check_current(job, attempt, agent)?;
+                    let mut f = f.clone();
+                    let fixed = crate::validate::finished(&mut f);
+                    if !fixed.is_empty() {
+                        tracing::warn!(job = job.0, attempt = attempt.0, agent, fixed = ?fixed, "corrected an impossible end-of-job report");
+                    }
+                    let f = &f;
                     let outcome = self.outcome_of(&current, f, cfg)?;
                     // Only failures charged to the agent count against its
                     // health; a job that ran normally proves it works.
@@ -370,12 +392,24 @@ impl Core {
                     "the coordinator has no such job".into(),
                 ));
             }
+            // A malformed update is dropped with a warning; the session (and
+            // an agent's reconnection carrying it as a missed update) goes on.
+            Err(Error::InvalidArgument(why)) => {
+                tracing::warn!(job = job.0, attempt = attempt.0, agent, %why, "refused a job update");
+            }
             Err(e) => return Err(e),
         }
         if matches!(u.update, Some(Update::Finished(_))) {
             fx.replies.push(ack(job, attempt));
         }
         Ok(fx)
+    }
+
+    /// Whether the agent is within the cooldown of its failure breaker.
+    fn benched(&self, agent: &str) -> bool {
+        self.agents
+            .get(agent)
+            .is_some_and(|a| !a.healthy(Instant::now()))
     }
 
     /// Turns an agent's report of a finished attempt into a store outcome,
@@ -426,8 +460,13 @@ impl Core {
                 reason: format!("the agent stopped the job: {}", f.error),
             },
             // The first failure at start of a job is charged to the agent;
-            // a job that fails at start again (elsewhere or here) is broken.
-            O::Failed if f.start_failure && !self.store.had_start_failure(job.id)? => {
+            // a job that fails at start again (elsewhere or here) is broken,
+            // unless its agent was benched meanwhile: then the failure is
+            // the agent's (the job was sent before the breaker tripped).
+            O::Failed
+                if f.start_failure
+                    && (self.benched(&job.agent) || !self.store.had_start_failure(job.id)?) =>
+            {
                 Outcome::StartFailure {
                     error: if f.error.is_empty() {
                         "the job failed at start".into()
@@ -609,13 +648,14 @@ impl CoordinatorHandle {
     /// Opens an agent's session: registers it, applies what it missed,
     /// reconciles its running jobs and sends `welcome`. Returns the session
     /// number that later calls must present.
-    pub async fn agent_hello(&self, hello: pb::Hello, tx: AgentTx) -> Result<u64> {
+    pub async fn agent_hello(&self, mut hello: pb::Hello, tx: AgentTx) -> Result<u64> {
         if !valid_agent_name(&hello.agent_name) {
             return Err(Error::InvalidArgument(format!(
                 "agent name `{}` must be 1-100 characters of letters, digits, `-`, `_` or `.`",
                 hello.agent_name
             )));
         }
+        crate::validate::hello(&mut hello)?;
         let cfg = self.config_arc();
         let (session, events) = self
             .with_core(move |core| {
@@ -750,7 +790,8 @@ impl CoordinatorHandle {
                 live.last_seen = Instant::now();
                 live.last_seen_ms = now_ms();
                 let fx = match msg.msg {
-                    Some(Msg::Heartbeat(hb)) => {
+                    Some(Msg::Heartbeat(mut hb)) => {
+                        crate::validate::heartbeat(&mut hb);
                         live.gpus = hb.gpus;
                         let mut fx = core.reconcile(&agent, &hb.running, grace, false)?;
                         fx.reschedule = true;

@@ -11,31 +11,55 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sweepfold_common::sweep::{Limits, Sweep, parse_sweep};
 use sweepfold_common::{Bytes, JobState};
+use sweepfold_proto::BearerToken;
 use sweepfold_proto::v1 as pb;
 use sweepfold_proto::v1::coordinator_client::CoordinatorClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::convert::job_state_from_pb;
 
 /// Default address of the coordinator for the CLI.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
 
-pub type Client = CoordinatorClient<Channel>;
+pub type Client = CoordinatorClient<InterceptedService<Channel, BearerToken>>;
+
+/// How the CLI reaches the coordinator.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub url: String,
+    pub token: Option<String>,
+    /// CA certificate for `https://` URLs.
+    pub ca_cert: Option<std::path::PathBuf>,
+}
 
 /// Connects, or fails with one line that says what to check.
-pub async fn connect(url: &str) -> anyhow::Result<Client> {
-    let url = if url.contains("://") {
-        url.to_string()
+pub async fn connect(target: &Target) -> anyhow::Result<Client> {
+    let url = if target.url.contains("://") {
+        target.url.clone()
     } else {
-        format!("http://{url}")
+        format!("http://{}", target.url)
     };
-    let endpoint = Endpoint::from_shared(url.clone())
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .map_err(|_| {
             anyhow!("`{url}` is not a valid coordinator URL (e.g. http://127.0.0.1:7070)")
         })?
         .connect_timeout(Duration::from_secs(5));
+    if url.starts_with("https://") {
+        let Some(ca) = &target.ca_cert else {
+            bail!(
+                "{url} uses TLS: pass --ca-cert (or set SWEEPFOLD_CA_CERT) to the CA that signed the coordinator's certificate"
+            );
+        };
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("cannot read CA certificate {}", ca.display()))?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            .map_err(|e| anyhow!("TLS settings for {url}: {e}"))?;
+    }
+    let token = BearerToken::new(target.token.as_deref()).map_err(anyhow::Error::msg)?;
     match endpoint.connect().await {
-        Ok(channel) => Ok(CoordinatorClient::new(channel)
+        Ok(channel) => Ok(CoordinatorClient::with_interceptor(channel, token)
             .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(crate::server::MAX_MESSAGE_BYTES)),
         Err(e) => bail!(
@@ -57,8 +81,49 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
     match s.code() {
         tonic::Code::Unavailable => anyhow!("lost the coordinator: {}", s.message()),
+        tonic::Code::Unauthenticated => anyhow!("not authenticated: {}", s.message()),
+        tonic::Code::PermissionDenied => anyhow!("permission denied: {}", s.message()),
+        // A status with a local cause comes from the connection, not the
+        // server: typically plain text against a TLS port.
+        _ if std::error::Error::source(&s).is_some() => {
+            let cause = std::error::Error::source(&s).map_or_else(String::new, root_cause);
+            anyhow!(
+                "the connection to the coordinator failed ({}: {cause}); if it uses TLS, connect with an https:// URL and --ca-cert",
+                s.message()
+            )
+        }
         _ => anyhow!("{}", s.message()),
     }
+}
+
+/// Writes the CLI's output. When stdout is a closed pipe
+/// (`coordinator jobs x | head`) the process ends quietly instead of
+/// panicking. SIGPIPE itself stays ignored (Rust's default): restoring it
+/// would also kill the CLI silently when the coordinator drops the
+/// connection, instead of printing what went wrong.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`write_stdout`].
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::cli::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` through [`write_stdout`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*)) };
 }
 
 /// The OS user, the default owner of a submitted sweep.
@@ -160,7 +225,7 @@ fn state_name(state: i32) -> &'static str {
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -335,7 +400,7 @@ pub fn print_dry_run(sweep: &Sweep, json: bool) -> anyhow::Result<()> {
             "jobs": jobs,
         }));
     }
-    println!(
+    outln!(
         "sweep {} ({}, {} jobs, dataset {}): {} configurations x {} folds = {} jobs",
         f.name,
         f.method.as_str(),
@@ -353,8 +418,8 @@ pub fn print_dry_run(sweep: &Sweep, json: bool) -> anyhow::Result<()> {
             params_map_inline(&c.params),
         ]);
     }
-    print!("{}", t.render());
-    println!("(dry run: nothing was submitted)");
+    out!("{}", t.render());
+    outln!("(dry run: nothing was submitted)");
     Ok(())
 }
 
@@ -379,9 +444,13 @@ pub async fn submit(
     if json {
         print_json(&SweepJson::from(&sweep))?;
     } else {
-        println!(
+        outln!(
             "submitted sweep {} ({}): {} configurations x {} folds = {} jobs queued",
-            sweep.id, sweep.name, sweep.configurations, sweep.folds, sweep.jobs_total
+            sweep.id,
+            sweep.name,
+            sweep.configurations,
+            sweep.folds,
+            sweep.jobs_total
         );
     }
     Ok(sweep)
@@ -434,7 +503,7 @@ pub async fn sweeps(client: &mut Client, owner: Option<String>, json: bool) -> a
             format_time(s.submitted_at_ms),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -465,26 +534,40 @@ pub async fn sweep(client: &mut Client, reference: String, json: bool) -> anyhow
         }));
     }
     let c = s.counts.unwrap_or_default();
-    println!(
+    outln!(
         "sweep {} ({}) owner {} [{}]",
-        s.id, s.name, s.owner, s.state
+        s.id,
+        s.name,
+        s.owner,
+        s.state
     );
-    println!(
+    outln!(
         "  {} {} on dataset {}, {} configurations x {} folds (seed {}) = {} jobs",
-        s.method, s.kind, s.dataset, s.configurations, s.folds, s.fold_seed, s.jobs_total
+        s.method,
+        s.kind,
+        s.dataset,
+        s.configurations,
+        s.folds,
+        s.fold_seed,
+        s.jobs_total
     );
-    println!(
+    outln!(
         "  succeeded {}, running {}, assigned {}, queued {}, failed {}, cancelled {}",
-        c.succeeded, c.running, c.assigned, c.queued, c.failed, c.cancelled
+        c.succeeded,
+        c.running,
+        c.assigned,
+        c.queued,
+        c.failed,
+        c.cancelled
     );
     if s.gpu_memory_bytes > 0 {
-        println!("  gpu memory estimate {}", Bytes(s.gpu_memory_bytes));
+        outln!("  gpu memory estimate {}", Bytes(s.gpu_memory_bytes));
     }
     let mut t = Table::new(vec!["CONFIG", "PARAMETERS"]);
     for cfg in &r.configurations {
         t.row(vec![cfg.index.to_string(), params_inline(&cfg.params_json)]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -531,7 +614,7 @@ pub async fn jobs(
             first_line(&j.last_error),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -601,7 +684,7 @@ pub async fn job(client: &mut Client, id: i64, json: bool) -> anyhow::Result<()>
             "log_tail": j.log_tail,
         }));
     }
-    println!(
+    outln!(
         "job {} of sweep {}: config {} fold {} [{}] attempt {}",
         j.id,
         j.sweep_id,
@@ -610,17 +693,17 @@ pub async fn job(client: &mut Client, id: i64, json: bool) -> anyhow::Result<()>
         state_name(j.state),
         j.attempt
     );
-    println!("  parameters: {}", params_inline(&j.params_json));
+    outln!("  parameters: {}", params_inline(&j.params_json));
     if !j.agent.is_empty() {
         let device = if j.gpu_uuid.is_empty() {
             "cpu"
         } else {
             &j.gpu_uuid
         };
-        println!("  agent {} device {device}", j.agent);
+        outln!("  agent {} device {device}", j.agent);
     }
     if !j.last_error.is_empty() {
-        println!("  last error: {}", j.last_error);
+        outln!("  last error: {}", j.last_error);
     }
     let mut t = Table::new(vec!["TIME", "ATTEMPT", "FROM", "TO", "REASON"]);
     for e in &r.history {
@@ -636,7 +719,7 @@ pub async fn job(client: &mut Client, id: i64, json: bool) -> anyhow::Result<()>
             e.reason.clone(),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     if !r.metrics.is_empty() {
         let mut m = Table::new(vec![
             "EPOCH",
@@ -658,7 +741,7 @@ pub async fn job(client: &mut Client, id: i64, json: bool) -> anyhow::Result<()>
                 Bytes(e.peak_gpu_memory_bytes).to_string(),
             ]);
         }
-        print!("{}", m.render());
+        out!("{}", m.render());
     }
     if !r.outputs.is_empty() {
         let mut o = Table::new(vec!["OUTPUT", "DTYPE", "SHAPE", "PATH"]);
@@ -670,10 +753,10 @@ pub async fn job(client: &mut Client, id: i64, json: bool) -> anyhow::Result<()>
                 f.path.clone(),
             ]);
         }
-        print!("{}", o.render());
+        out!("{}", o.render());
     }
     if !j.log_tail.is_empty() {
-        println!("  log tail:\n{}", j.log_tail);
+        outln!("  log tail:\n{}", j.log_tail);
     }
     Ok(())
 }
@@ -719,7 +802,7 @@ pub async fn agents(client: &mut Client, json: bool) -> anyhow::Result<()> {
         return print_json(&list);
     }
     if agents.is_empty() {
-        println!("no agents have registered");
+        outln!("no agents have registered");
         return Ok(());
     }
     let mut t = Table::new(vec![
@@ -785,7 +868,7 @@ pub async fn agents(client: &mut Client, json: bool) -> anyhow::Result<()> {
             ]);
         }
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -804,9 +887,12 @@ pub async fn cancel(client: &mut Client, reference: String, json: bool) -> anyho
             "cancelled_jobs": r.cancelled_jobs,
         }));
     }
-    println!(
+    outln!(
         "sweep {} ({}) is {}: cancelled {} jobs",
-        s.id, s.name, s.state, r.cancelled_jobs
+        s.id,
+        s.name,
+        s.state,
+        r.cancelled_jobs
     );
     Ok(())
 }
@@ -849,7 +935,7 @@ pub async fn watch(client: &mut Client, reference: String) -> anyhow::Result<pb:
                 last = Some(s);
             }
             Some(Event::Change(e)) if !tty => {
-                println!(
+                outln!(
                     "job {} (config {} fold {}) attempt {}: {} -> {}{}",
                     e.job_id,
                     e.config_index,
@@ -870,9 +956,15 @@ pub async fn watch(client: &mut Client, reference: String) -> anyhow::Result<pb:
     bar.finish_and_clear();
     let s = last.ok_or_else(|| anyhow!("the watch ended before the coordinator sent the sweep"))?;
     let c = s.counts.unwrap_or_default();
-    println!(
+    outln!(
         "sweep {} ({}) {}: {} succeeded, {} failed, {} cancelled of {} jobs",
-        s.id, s.name, s.state, c.succeeded, c.failed, c.cancelled, s.jobs_total
+        s.id,
+        s.name,
+        s.state,
+        c.succeeded,
+        c.failed,
+        c.cancelled,
+        s.jobs_total
     );
     Ok(s)
 }
@@ -920,9 +1012,10 @@ pub async fn leaderboard(
             &serde_json::json!({"dataset": r.dataset, "train_rows": r.train_rows, "entries": rows}),
         );
     }
-    println!(
+    outln!(
         "out-of-fold accuracy on dataset {} ({} training rows, each predicted once by a model that did not train on it)",
-        r.dataset, r.train_rows
+        r.dataset,
+        r.train_rows
     );
     let mut t = Table::new(vec![
         "RANK",
@@ -954,7 +1047,7 @@ pub async fn leaderboard(
             params_inline(&e.params_json),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -971,7 +1064,7 @@ fn format_duration(seconds: f64) -> String {
 /// Prints an ensemble's result: its members, weights and OOF accuracy
 /// next to the best single member.
 pub fn print_ensemble(e: &pb::EnsembleResult) {
-    println!(
+    outln!(
         "{} voting of {} members: OOF accuracy {:.4} (best single member {} {:.4}, {:+.4})",
         e.method,
         e.members.len(),
@@ -989,7 +1082,7 @@ pub fn print_ensemble(e: &pb::EnsembleResult) {
             params_inline(&m.params_json),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
 }
 
 pub async fn ensemble(
@@ -1032,7 +1125,7 @@ pub async fn ensemble(
         }));
     }
     print_ensemble(&e);
-    println!(
+    outln!(
         "wrote {} ({} test rows) and {}; the coordinator keeps a copy as {}",
         out.display(),
         e.test_rows,
@@ -1054,7 +1147,7 @@ pub async fn report(
         .map_err(status_error)?
         .into_inner();
     std::fs::write(out, &r.html).with_context(|| format!("cannot write {}", out.display()))?;
-    println!("wrote {} ({} KiB)", out.display(), r.html.len() / 1024);
+    outln!("wrote {} ({} KiB)", out.display(), r.html.len() / 1024);
     Ok(())
 }
 

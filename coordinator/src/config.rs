@@ -35,6 +35,40 @@ pub struct CoordinatorConfig {
     /// (doubled each time it fails again, up to 32x).
     pub agent_cooldown_ms: u64,
     pub scheduler: SchedulerConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    /// Allow listening on a non-loopback address without TLS and tokens.
+    pub insecure: bool,
+}
+
+/// TLS for every connection (rustls). `coordinator certs init` makes a CA
+/// and the certificates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate (chain) and private key of the coordinator.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// PEM CA whose client certificates are accepted.
+    pub client_ca: Option<PathBuf>,
+    /// Agents must present a client certificate signed by `client_ca`.
+    pub require_agent_cert: bool,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+}
+
+/// Tokens: see `coordinator token create`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Writes (submit, cancel, ensemble) and the agent gateway need a token.
+    pub require_tokens: bool,
+    /// Reading (lists, status, leaderboard, report) needs a token too.
+    pub read_requires_token: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +113,9 @@ impl Default for CoordinatorConfig {
             agent_unhealthy_after: 3,
             agent_cooldown_ms: 60_000,
             scheduler: SchedulerConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            insecure: false,
         }
     }
 }
@@ -88,6 +125,7 @@ impl Default for CoordinatorConfig {
 pub struct Flags {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub insecure: bool,
 }
 
 impl CoordinatorConfig {
@@ -98,6 +136,9 @@ impl CoordinatorConfig {
         }
         if let Some(d) = &flags.data_dir {
             overrides.push(("data_dir", d.display().to_string()));
+        }
+        if flags.insecure {
+            overrides.push(("insecure", "true".into()));
         }
         let cfg: CoordinatorConfig = load_layered(file, ENV_PREFIX, env, &overrides)?;
         cfg.validate().map_err(|message| SettingsError {
@@ -123,6 +164,30 @@ impl CoordinatorConfig {
                 self.lease_ms, self.heartbeat_interval_ms
             ));
         }
+        let t = &self.tls;
+        if t.cert.is_some() != t.key.is_some() {
+            return Err("tls.cert and tls.key go together".into());
+        }
+        for (key, path) in [
+            ("tls.cert", &t.cert),
+            ("tls.key", &t.key),
+            ("tls.client_ca", &t.client_ca),
+        ] {
+            if let Some(p) = path
+                && !p.is_file()
+            {
+                return Err(format!("{key}: {} is not a readable file", p.display()));
+            }
+        }
+        if t.client_ca.is_some() && !t.enabled() {
+            return Err("tls.client_ca needs tls.cert and tls.key".into());
+        }
+        if t.require_agent_cert && t.client_ca.is_none() {
+            return Err("tls.require_agent_cert needs tls.client_ca".into());
+        }
+        if self.auth.read_requires_token && !self.auth.require_tokens {
+            return Err("auth.read_requires_token needs auth.require_tokens".into());
+        }
         if self.agent_unhealthy_after == 0 {
             return Err("agent_unhealthy_after must be at least 1".into());
         }
@@ -137,6 +202,30 @@ impl CoordinatorConfig {
             return Err("scheduler.oom_growth must be more than 1".into());
         }
         Ok(())
+    }
+
+    /// Secure by default: a coordinator reachable from other machines needs
+    /// TLS and tokens, unless `insecure` says the risk is accepted.
+    /// Returns a warning to log when it is.
+    pub fn check_exposure(&self) -> Result<Option<String>, String> {
+        let addr = self.listen_addr()?;
+        if addr.ip().is_loopback() || (self.tls.enabled() && self.auth.require_tokens) {
+            return Ok(None);
+        }
+        let missing = match (self.tls.enabled(), self.auth.require_tokens) {
+            (false, false) => "TLS and tokens",
+            (false, true) => "TLS",
+            _ => "tokens",
+        };
+        if self.insecure {
+            Ok(Some(format!(
+                "listening on {addr} without {missing} (--insecure): anyone who reaches this port can submit, cancel and pose as an agent"
+            )))
+        } else {
+            Err(format!(
+                "refusing to listen on {addr} without {missing}: configure [tls] (coordinator certs init) and [auth] require_tokens = true (coordinator token create), or pass --insecure to accept the risk"
+            ))
+        }
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
@@ -181,11 +270,48 @@ mod tests {
             &Flags {
                 listen: Some("127.0.0.1:3".into()),
                 data_dir: Some("/tmp/x".into()),
+                insecure: false,
             },
         )
         .unwrap();
         assert_eq!(cfg.listen, "127.0.0.1:3");
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn the_deploy_example_parses_and_is_secure() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.toml");
+        let cfg: CoordinatorConfig = load_layered(
+            Some(&path),
+            ENV_PREFIX,
+            EnvSource::Map(Default::default()),
+            &[],
+        )
+        .unwrap();
+        assert!(cfg.tls.enabled() && cfg.auth.require_tokens && cfg.tls.require_agent_cert);
+        assert_eq!(cfg.check_exposure(), Ok(None));
+    }
+
+    #[test]
+    fn exposed_without_tls_and_tokens_needs_insecure() {
+        let mut cfg = CoordinatorConfig {
+            listen: "0.0.0.0:7070".into(),
+            ..Default::default()
+        };
+        let e = cfg.check_exposure().unwrap_err();
+        assert!(
+            e.contains("refusing to listen on 0.0.0.0:7070 without TLS and tokens"),
+            "{e}"
+        );
+        cfg.insecure = true;
+        assert!(
+            cfg.check_exposure()
+                .unwrap()
+                .unwrap()
+                .contains("--insecure")
+        );
+        let local = CoordinatorConfig::default();
+        assert_eq!(local.check_exposure(), Ok(None), "loopback is fine");
     }
 
     #[test]
@@ -239,6 +365,7 @@ mod tests {
             &Flags {
                 listen: Some("localhost".into()),
                 data_dir: None,
+                insecure: false,
             },
         )
         .unwrap_err();

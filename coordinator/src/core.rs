@@ -17,6 +17,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentLive;
+use crate::auth::Identity;
 use crate::blobs::BlobStore;
 use crate::config::CoordinatorConfig;
 use crate::ensemble::Method;
@@ -362,6 +363,7 @@ impl CoordinatorHandle {
         source_yaml: String,
         file_name: String,
         default_owner: String,
+        who: Identity,
     ) -> Result<SweepRecord> {
         let limits = Limits {
             max_jobs: self.config.max_jobs_per_sweep,
@@ -373,13 +375,27 @@ impl CoordinatorHandle {
         };
         self.with_core(move |core| {
             let sweep: Sweep = parse_sweep(&source_yaml, &file_name, limits)?;
-            let owner = sweep
-                .file
-                .owner
-                .clone()
-                .filter(|o| !o.is_empty())
-                .or_else(|| Some(default_owner).filter(|o| !o.trim().is_empty()))
-                .unwrap_or_else(|| ANONYMOUS_OWNER.to_string());
+            let owner = if who.is_anonymous() {
+                sweep
+                    .file
+                    .owner
+                    .clone()
+                    .filter(|o| !o.is_empty())
+                    .or_else(|| Some(default_owner).filter(|o| !o.trim().is_empty()))
+                    .unwrap_or_else(|| ANONYMOUS_OWNER.to_string())
+            } else {
+                // With tokens, a sweep belongs to whoever submits it.
+                match sweep.file.owner.as_deref() {
+                    Some(o) if o != who.name && !who.admin => {
+                        return Err(Error::PermissionDenied(format!(
+                            "your token is `{}`; only an admin may submit a sweep owned by `{o}`",
+                            who.name
+                        )));
+                    }
+                    Some(o) => o.to_string(),
+                    None => who.name.clone(),
+                }
+            };
             let record = core.store.insert_sweep(&NewSweep {
                 sweep: &sweep,
                 owner: &owner,
@@ -473,10 +489,29 @@ impl CoordinatorHandle {
 
     /// Cancels the sweep's open jobs. Returns the sweep afterwards and how
     /// many jobs this call cancelled.
-    pub async fn cancel_sweep(&self, reference: String, by: String) -> Result<(SweepRecord, u32)> {
+    pub async fn cancel_sweep(
+        &self,
+        reference: String,
+        who: Identity,
+    ) -> Result<(SweepRecord, u32)> {
         let (sweep, changes) = self
             .with_core(move |core| {
                 let id = core.store.resolve_sweep(&reference)?;
+                let owner = core
+                    .store
+                    .get_sweep(id)?
+                    .ok_or_else(|| Error::SweepNotFound(reference.clone()))?
+                    .owner;
+                if !who.admin && owner != who.name {
+                    return Err(Error::PermissionDenied(format!(
+                        "sweep {id} belongs to `{owner}`; only `{owner}` or an admin may cancel it"
+                    )));
+                }
+                let by = if who.is_anonymous() {
+                    "a user".to_string()
+                } else {
+                    who.name.clone()
+                };
                 let reason = format!("sweep cancelled by {by}");
                 let changes = core.store.cancel_sweep(id, &reason, now_ms())?;
                 let sweep = core

@@ -64,6 +64,19 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+impl Error {
+    /// A fault of the coordinator (its store or disk), not of the request.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            Error::DataDir { .. }
+                | Error::SchemaTooNew { .. }
+                | Error::Store(_)
+                | Error::Internal(_)
+        )
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         use tonic::Code;

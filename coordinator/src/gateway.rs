@@ -10,17 +10,19 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Auth;
 use crate::blobs::role;
 use crate::core::CoordinatorHandle;
 use crate::error::Error;
 
 pub struct GatewayService {
     handle: CoordinatorHandle,
+    auth: Auth,
 }
 
 impl GatewayService {
-    pub fn new(handle: CoordinatorHandle) -> Self {
-        GatewayService { handle }
+    pub fn new(handle: CoordinatorHandle, auth: Auth) -> Self {
+        GatewayService { handle, auth }
     }
 }
 
@@ -40,6 +42,7 @@ impl AgentGateway for GatewayService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        self.auth.agent(&request)?;
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -69,8 +72,11 @@ impl AgentGateway for GatewayService {
                                     tracing::info!(agent = %name, session, error = %e, "ending session");
                                     break;
                                 }
-                                e => {
+                                e if e.is_internal() => {
                                     tracing::error!(agent = %name, session, error = %e, "agent message failed")
+                                }
+                                e => {
+                                    tracing::warn!(agent = %name, session, error = %e, "agent message refused")
                                 }
                             }
                         }
@@ -92,6 +98,7 @@ impl AgentGateway for GatewayService {
         request: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<pb::UploadOutputResponse>, Status> {
         use pb::upload_chunk::Chunk;
+        self.auth.agent(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(pb::UploadChunk {

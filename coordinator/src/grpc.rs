@@ -11,6 +11,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Access, Auth};
 use crate::convert;
 use crate::core::CoordinatorHandle;
 use crate::error::Error;
@@ -19,11 +20,12 @@ use crate::store::SweepState;
 /// The user-facing `sweepfold.v1.Coordinator` service.
 pub struct CoordinatorService {
     handle: CoordinatorHandle,
+    auth: Auth,
 }
 
 impl CoordinatorService {
-    pub fn new(handle: CoordinatorHandle) -> Self {
-        CoordinatorService { handle }
+    pub fn new(handle: CoordinatorHandle, auth: Auth) -> Self {
+        CoordinatorService { handle, auth }
     }
 }
 
@@ -52,11 +54,12 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::SubmitSweepRequest>,
     ) -> Result<Response<pb::SubmitSweepResponse>, Status> {
+        let who = self.auth.user(&request, Access::Write)?;
         let r = request.into_inner();
         required(&r.sweep_yaml, "sweep_yaml")?;
         let sweep = self
             .handle
-            .submit(r.sweep_yaml, r.file_name, r.default_owner)
+            .submit(r.sweep_yaml, r.file_name, r.default_owner, who)
             .await?;
         Ok(Response::new(pb::SubmitSweepResponse {
             sweep: Some(convert::sweep(&sweep)),
@@ -67,6 +70,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ListSweepsRequest>,
     ) -> Result<Response<pb::ListSweepsResponse>, Status> {
+        self.auth.user(&request, Access::Read)?;
         let owner = Some(request.into_inner().owner).filter(|o| !o.is_empty());
         let sweeps = self.handle.list_sweeps(owner).await?;
         Ok(Response::new(pb::ListSweepsResponse {
@@ -78,6 +82,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetSweepRequest>,
     ) -> Result<Response<pb::GetSweepResponse>, Status> {
+        self.auth.user(&request, Access::Read)?;
         let reference = required(&request.into_inner().sweep, "sweep")?;
         let (sweep, configs) = self.handle.sweep_with_configurations(reference).await?;
         Ok(Response::new(pb::GetSweepResponse {
@@ -90,6 +95,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        self.auth.user(&request, Access::Read)?;
         let r = request.into_inner();
         let reference = required(&r.sweep, "sweep")?;
         let state = pb::JobState::try_from(r.state)
@@ -107,6 +113,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
+        self.auth.user(&request, Access::Read)?;
         let id = JobId(request.into_inner().job_id);
         let d = self.handle.get_job(id).await?;
         let blobs = self.handle.blobs();
@@ -133,11 +140,9 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::CancelSweepRequest>,
     ) -> Result<Response<pb::CancelSweepResponse>, Status> {
+        let who = self.auth.user(&request, Access::Write)?;
         let reference = required(&request.into_inner().sweep, "sweep")?;
-        let (sweep, n) = self
-            .handle
-            .cancel_sweep(reference, "a user".to_string())
-            .await?;
+        let (sweep, n) = self.handle.cancel_sweep(reference, who).await?;
         Ok(Response::new(pb::CancelSweepResponse {
             sweep: Some(convert::sweep(&sweep)),
             cancelled_jobs: n,
@@ -146,8 +151,9 @@ impl Coordinator for CoordinatorService {
 
     async fn list_agents(
         &self,
-        _request: Request<pb::ListAgentsRequest>,
+        request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.auth.user(&request, Access::Read)?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: self.handle.list_agents().await?,
         }))
@@ -157,6 +163,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::LeaderboardRequest>,
     ) -> Result<Response<pb::LeaderboardResponse>, Status> {
+        self.auth.user(&request, Access::Read)?;
         let sweeps = request.into_inner().sweeps;
         let (dataset, train_rows, loaded) = self.handle.leaderboard(sweeps).await?;
         Ok(Response::new(pb::LeaderboardResponse {
@@ -173,6 +180,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::EnsembleRequest>,
     ) -> Result<Response<pb::EnsembleResponse>, Status> {
+        self.auth.user(&request, Access::Write)?;
         let r = request.into_inner();
         let method = parse_method(&r.method)?;
         let (record, made) = self.handle.ensemble(r.members, method, false).await?;
@@ -187,6 +195,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
+        self.auth.user(&request, Access::Read)?;
         let r = request.into_inner();
         let method = if r.method.is_empty() {
             crate::ensemble::Method::Soft
@@ -205,6 +214,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::WatchSweepRequest>,
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
+        self.auth.user(&request, Access::Read)?;
         let reference = required(&request.into_inner().sweep, "sweep")?;
         // Subscribe before reading the snapshot so no change falls between.
         let mut events = self.handle.subscribe();

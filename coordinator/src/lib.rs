@@ -4,7 +4,9 @@
 //! builds and runs on a machine without a GPU.
 
 pub mod agents;
+pub mod auth;
 pub mod blobs;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod convert;
@@ -19,6 +21,7 @@ pub mod scheduler;
 pub mod scheduling;
 pub mod server;
 pub mod store;
+pub mod validate;
 
 pub use crate::core::CoordinatorHandle;
 pub use error::{Error, Result};

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use coordinator::cli::{self, DEFAULT_COORDINATOR};
 use coordinator::config::{CoordinatorConfig, Flags};
+use coordinator::store::TokenKind;
 use coordinator::{CoordinatorHandle, server};
 use sweepfold_common::JobState;
 use sweepfold_common::settings::EnvSource;
@@ -22,6 +23,12 @@ struct Cli {
     /// Coordinator to talk to (user commands).
     #[arg(long, global = true, env = "SWEEPFOLD_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     coordinator: String,
+    /// Access token (user commands); see `coordinator token create`.
+    #[arg(long, global = true, env = "SWEEPFOLD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate that signed the coordinator's (for https:// URLs).
+    #[arg(long, global = true, env = "SWEEPFOLD_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +46,25 @@ enum Command {
         /// Directory of the store and uploaded outputs.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Allow listening on a non-loopback address without TLS and tokens.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Manage access tokens in the coordinator's store (run on the coordinator host).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+        /// The coordinator's config file, to find its data dir.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// The coordinator's data dir (overrides the config).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Make a small CA and the coordinator's and agents' certificates.
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
     },
     /// Validate a sweep file and queue its jobs.
     Submit {
@@ -139,6 +165,42 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token and print it (the only time it is shown).
+    Create {
+        /// Who or what the token is for, e.g. `ann` or `gpu1`.
+        name: String,
+        /// An agent token (only the agent gateway accepts it).
+        #[arg(long, conflicts_with = "admin")]
+        agent: bool,
+        /// A user who may cancel anyone's sweeps.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List tokens (names and kinds; tokens themselves are not stored).
+    List,
+    /// Revoke a token by name (within 10 s on a running coordinator).
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+enum CertsAction {
+    /// Write ca.pem/ca.key, coordinator.pem/.key and agent-NAME.pem/.key.
+    Init {
+        /// Directory to write into (must not hold these files yet).
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Host names or IP addresses agents and users use to reach the
+        /// coordinator (localhost and 127.0.0.1 are always included).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// An agent to make a client certificate for (repeatable).
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+    },
+}
+
 fn parse_state(s: &str) -> Result<JobState, String> {
     JobState::parse(s).ok_or_else(|| {
         format!(
@@ -176,38 +238,132 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn serve(
-    config: Option<PathBuf>,
-    listen: Option<String>,
-    data_dir: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let cfg = CoordinatorConfig::load(
-        config.as_deref(),
-        EnvSource::Process,
-        &Flags { listen, data_dir },
-    )?;
+async fn serve(config: Option<PathBuf>, flags: Flags) -> anyhow::Result<()> {
+    let cfg = CoordinatorConfig::load(config.as_deref(), EnvSource::Process, &flags)?;
     let addr = cfg.listen_addr().map_err(anyhow::Error::msg)?;
+    if let Some(warning) = cfg.check_exposure().map_err(anyhow::Error::msg)? {
+        tracing::warn!("{warning}");
+    }
     let data_dir = cfg.data_dir.clone();
+    let (tls, tokens, agent_certs) = (
+        cfg.tls.enabled(),
+        cfg.auth.require_tokens,
+        cfg.tls.require_agent_cert,
+    );
     let handle = CoordinatorHandle::open(cfg)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, data_dir = %data_dir.display(), "coordinator listening");
+    tracing::info!(
+        addr = %local,
+        data_dir = %data_dir.display(),
+        tls,
+        tokens,
+        agent_certs,
+        "coordinator listening"
+    );
     // Under systemd (Type=notify): ready once the port is bound.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     server::serve(handle, listener, shutdown_signal()).await?;
     Ok(())
 }
 
+fn token_command(
+    action: TokenAction,
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let cfg = CoordinatorConfig::load(
+        config.as_deref(),
+        EnvSource::Process,
+        &Flags {
+            data_dir,
+            ..Flags::default()
+        },
+    )?;
+    let mut store = coordinator::store::Store::open(&cfg.data_dir)?;
+    match action {
+        TokenAction::Create { name, agent, admin } => {
+            let kind = if agent {
+                TokenKind::Agent
+            } else {
+                TokenKind::User
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let token = store.create_token(&name, kind, admin, now)?;
+            eprintln!(
+                "created {} token `{name}`{}; it is shown once, store it now:",
+                kind.as_str(),
+                if admin { " (admin)" } else { "" }
+            );
+            coordinator::outln!("{token}");
+        }
+        TokenAction::List => {
+            let tokens = store.tokens()?;
+            if tokens.is_empty() {
+                coordinator::outln!("no tokens in {}", cfg.data_dir.display());
+            }
+            for t in tokens {
+                coordinator::outln!(
+                    "{:<24} {:<6}{}",
+                    t.name,
+                    t.kind.as_str(),
+                    if t.admin { " admin" } else { "" }
+                );
+            }
+        }
+        TokenAction::Revoke { name } => {
+            if !store.revoke_token(&name)? {
+                anyhow::bail!("no token named `{name}` in {}", cfg.data_dir.display());
+            }
+            coordinator::outln!(
+                "revoked `{name}` (a running coordinator stops accepting it within 10 s)"
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let url = cli.coordinator;
+    let target = cli::Target {
+        url: cli.coordinator,
+        token: cli.token,
+        ca_cert: cli.ca_cert,
+    };
+    let url = &target;
     match cli.command {
         Command::Serve {
             config,
             listen,
             data_dir,
-        } => serve(config, listen, data_dir).await,
+            insecure,
+        } => {
+            serve(
+                config,
+                Flags {
+                    listen,
+                    data_dir,
+                    insecure,
+                },
+            )
+            .await
+        }
+        Command::Token {
+            action,
+            config,
+            data_dir,
+        } => token_command(action, config, data_dir),
+        Command::Certs {
+            action: CertsAction::Init { out, hosts, agents },
+        } => {
+            for path in coordinator::certs::init(&out, &hosts, &agents)? {
+                coordinator::outln!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         Command::Submit {
             file,
             dry_run,
@@ -219,7 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if dry_run {
                 return cli::print_dry_run(&sweep, json);
             }
-            let mut client = cli::connect(&url).await?;
+            let mut client = cli::connect(url).await?;
             let submitted = cli::submit(&mut client, text, name, json).await?;
             if watch {
                 cli::watch(&mut client, submitted.id.to_string()).await?;
@@ -227,24 +383,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sweeps { owner, json } => {
-            cli::sweeps(&mut cli::connect(&url).await?, owner, json).await
+            cli::sweeps(&mut cli::connect(url).await?, owner, json).await
         }
         Command::Sweep { sweep, json } => {
-            cli::sweep(&mut cli::connect(&url).await?, sweep, json).await
+            cli::sweep(&mut cli::connect(url).await?, sweep, json).await
         }
         Command::Jobs { sweep, state, json } => {
-            cli::jobs(&mut cli::connect(&url).await?, sweep, state, json).await
+            cli::jobs(&mut cli::connect(url).await?, sweep, state, json).await
         }
-        Command::Job { id, json } => cli::job(&mut cli::connect(&url).await?, id, json).await,
-        Command::Agents { json } => cli::agents(&mut cli::connect(&url).await?, json).await,
+        Command::Job { id, json } => cli::job(&mut cli::connect(url).await?, id, json).await,
+        Command::Agents { json } => cli::agents(&mut cli::connect(url).await?, json).await,
         Command::Cancel { sweep, json } => {
-            cli::cancel(&mut cli::connect(&url).await?, sweep, json).await
+            cli::cancel(&mut cli::connect(url).await?, sweep, json).await
         }
-        Command::Watch { sweep } => cli::watch(&mut cli::connect(&url).await?, sweep)
+        Command::Watch { sweep } => cli::watch(&mut cli::connect(url).await?, sweep)
             .await
             .map(|_| ()),
         Command::Leaderboard { sweeps, json } => {
-            let mut client = cli::connect(&url).await?;
+            let mut client = cli::connect(url).await?;
             let sweeps = if sweeps.is_empty() {
                 vec![cli::newest_sweep(&mut client).await?]
             } else {
@@ -260,7 +416,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             cli::ensemble(
-                &mut cli::connect(&url).await?,
+                &mut cli::connect(url).await?,
                 members,
                 method,
                 &out,
@@ -273,27 +429,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             sweeps,
             method,
             out,
-        } => cli::report(&mut cli::connect(&url).await?, sweeps, method, &out).await,
-    }
-}
-
-/// Restores the default SIGPIPE action, so `coordinator jobs x | head` ends
-/// quietly like any Unix tool instead of failing on a closed pipe (Rust
-/// ignores SIGPIPE by default).
-#[allow(unsafe_code)]
-fn reset_sigpipe() {
-    // SAFETY: called first thing in main, before any thread exists; SIG_DFL
-    // is a valid disposition for SIGPIPE.
-    unsafe {
-        let _ = nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGPIPE,
-            nix::sys::signal::SigHandler::SigDfl,
-        );
+        } => cli::report(&mut cli::connect(url).await?, sweeps, method, &out).await,
     }
 }
 
 fn main() -> ExitCode {
-    reset_sigpipe();
     let cli = Cli::parse();
     init_logging(if matches!(cli.command, Command::Serve { .. }) {
         "info"

@@ -39,6 +39,17 @@ fn params_text(params_json: &str) -> String {
 /// A line chart: one polyline per series of (x, y) points.
 pub fn line_chart(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
     let (w, h, left, right, top, bottom) = (640.0, 300.0, 56.0, 180.0, 28.0, 36.0);
+    // A diverged run's NaN or infinite losses are left out of the plot.
+    let series: Vec<(String, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(name, pts)| {
+            let finite = pts
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite());
+            (name.clone(), finite.collect())
+        })
+        .collect();
     let points: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).collect();
     if points.is_empty() {
         return format!("<p>{}: no data yet.</p>", esc(title));

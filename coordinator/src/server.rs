@@ -7,8 +7,11 @@ use sweepfold_proto::v1::FILE_DESCRIPTOR_SET;
 use sweepfold_proto::v1::agent_gateway_server::AgentGatewayServer;
 use sweepfold_proto::v1::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::auth::Auth;
+use crate::config::TlsConfig;
 use crate::core::CoordinatorHandle;
 use crate::error::{Error, Result};
 use crate::gateway::GatewayService;
@@ -45,10 +48,11 @@ pub async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
-    let coordinator = CoordinatorServer::new(CoordinatorService::new(handle.clone()))
+    let auth = Auth::open(handle.config())?;
+    let coordinator = CoordinatorServer::new(CoordinatorService::new(handle.clone(), auth.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let gateway = AgentGatewayServer::new(GatewayService::new(handle.clone()))
+    let gateway = AgentGatewayServer::new(GatewayService::new(handle.clone(), auth))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     handle.start_background();
@@ -59,13 +63,52 @@ pub async fn serve(
         // End long-lived streams so the graceful shutdown can finish.
         token.cancel();
     };
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls_config(&handle.config().tls)? {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::Internal(format!("TLS: {e}")))?;
+    }
+    // Small request/response messages must not wait for Nagle's algorithm
+    // and the peer's delayed ACK: without TCP_NODELAY every call took ~40 ms.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
+    builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(coordinator)
         .add_service(gateway)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| Error::Internal(format!("server: {e}")))
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The server's TLS settings, if configured. Client certificates are
+/// optional at the TLS level (users connect without one); the agent gateway
+/// demands one when `require_agent_cert` is set.
+fn tls_config(t: &TlsConfig) -> Result<Option<tonic::transport::ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+        return Ok(None);
+    };
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+    );
+    if let Some(ca) = &t.client_ca {
+        tls = tls
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(tls))
 }

@@ -154,9 +154,10 @@ impl Store {
             Ok(CurvePoint {
                 config_index: r.get(0)?,
                 epoch: r.get(1)?,
-                train_loss: r.get(2)?,
-                val_loss: r.get(3)?,
-                val_accuracy: r.get(4)?,
+                // NULL: every fold reported NaN (a diverged run).
+                train_loss: r.get::<_, Option<f64>>(2)?.unwrap_or(f64::NAN),
+                val_loss: r.get::<_, Option<f64>>(3)?.unwrap_or(f64::NAN),
+                val_accuracy: r.get::<_, Option<f64>>(4)?.unwrap_or(f64::NAN),
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

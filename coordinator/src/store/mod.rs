@@ -20,11 +20,13 @@ mod agents;
 mod ensembles;
 mod lifecycle;
 mod outputs;
+mod tokens;
 
 pub use agents::{AgentRecord, DatasetRecord};
 pub use ensembles::{ConfigStats, CurvePoint, EnsembleRecord};
 pub use lifecycle::{AssignmentInfo, Finished, Outcome, QueuedJob};
 pub use outputs::{MetricRecord, OutputRecord};
+pub use tokens::{TokenKind, TokenRecord, token_sha256};
 
 /// Migrations in order; `user_version` N means the first N are applied.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -39,6 +41,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_ensembles",
         include_str!("../../migrations/0003_ensembles.sql"),
+    ),
+    (
+        "0004_tokens",
+        include_str!("../../migrations/0004_tokens.sql"),
+    ),
+    (
+        "0005_nullable_metrics",
+        include_str!("../../migrations/0005_nullable_metrics.sql"),
     ),
 ];
 

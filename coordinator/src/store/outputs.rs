@@ -32,6 +32,15 @@ pub struct OutputRecord {
     pub size_bytes: u64,
 }
 
+/// SQLite stores NaN as NULL; say so explicitly in both directions.
+fn number(v: f64) -> Option<f64> {
+    (!v.is_nan()).then_some(v)
+}
+
+fn or_nan(v: Option<f64>) -> f64 {
+    v.unwrap_or(f64::NAN)
+}
+
 impl Store {
     /// Records one epoch (a repeated report of the same epoch replaces it).
     /// The caller fences the attempt first.
@@ -44,13 +53,13 @@ impl Store {
                 job.0,
                 m.attempt.0,
                 m.epoch,
-                m.train_loss,
-                m.val_loss,
-                m.val_accuracy,
-                m.learning_rate,
-                m.images_per_second,
+                number(m.train_loss),
+                number(m.val_loss),
+                number(m.val_accuracy),
+                number(m.learning_rate),
+                number(m.images_per_second),
                 m.peak_memory as i64,
-                m.elapsed_seconds,
+                number(m.elapsed_seconds),
                 m.at_ms
             ],
         )?;
@@ -67,13 +76,13 @@ impl Store {
             Ok(MetricRecord {
                 attempt: Attempt(r.get(0)?),
                 epoch: r.get(1)?,
-                train_loss: r.get(2)?,
-                val_loss: r.get(3)?,
-                val_accuracy: r.get(4)?,
-                learning_rate: r.get(5)?,
-                images_per_second: r.get(6)?,
+                train_loss: or_nan(r.get(2)?),
+                val_loss: or_nan(r.get(3)?),
+                val_accuracy: or_nan(r.get(4)?),
+                learning_rate: or_nan(r.get(5)?),
+                images_per_second: or_nan(r.get(6)?),
                 peak_memory: r.get::<_, i64>(7)? as u64,
-                elapsed_seconds: r.get(8)?,
+                elapsed_seconds: or_nan(r.get(8)?),
                 at_ms: r.get(9)?,
             })
         })?;

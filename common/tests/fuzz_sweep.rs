@@ -1,0 +1,361 @@
+//! Property-based fuzzing of the sweep parser: arbitrary text, mutations of
+//! the example sweeps, and sweeps generated from the file's grammar with
+//! absurd values. The parser must never panic; a rejection names the file
+//! (and a line where it can); an accepted sweep expands to at most the job
+//! cap, each configuration once per fold, with trainer settings in range.
+//!
+//! `SWEEPFOLD_FUZZ_CASES` sets the number of cases per property (default
+//! 256; the run recorded in BENCHMARKS.md used more).
+
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+use sweepfold_common::sweep::{Limits, parse_sweep};
+
+const FILE: &str = "fuzz.yaml";
+
+const EXAMPLES: &[&str] = &[
+    include_str!("../../examples/sweeps/demo.yaml"),
+    include_str!("../../examples/sweeps/logreg-command.yaml"),
+    include_str!("../../examples/sweeps/resnet-lr-ls.yaml"),
+];
+
+fn cases() -> u32 {
+    std::env::var("SWEEPFOLD_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+/// Parses with a small cap (so huge grids are exercised) and checks what
+/// holds for every input.
+fn check(src: &str) {
+    let limits = Limits { max_jobs: 500 };
+    match parse_sweep(src, FILE, limits) {
+        Ok(sweep) => {
+            assert!(sweep.folds() >= 2, "folds {}", sweep.folds());
+            assert!(
+                sweep.num_jobs() <= limits.max_jobs,
+                "{} jobs over the cap",
+                sweep.num_jobs()
+            );
+            assert!(!sweep.configurations.is_empty());
+            for (i, c) in sweep.configurations.iter().enumerate() {
+                assert_eq!(c.index as usize, i, "configurations numbered in order");
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with(FILE),
+                "an error that does not name the file: {msg}"
+            );
+            assert!(!e.problems.is_empty(), "an error without a problem");
+            for p in &e.problems {
+                assert!(!p.message.is_empty(), "a problem without a message: {msg}");
+            }
+        }
+    }
+}
+
+/// Values that break naive parsers and arithmetic.
+fn nasty_scalar() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("-3".to_string()),
+        Just("0".to_string()),
+        Just("-0.0".to_string()),
+        Just("1e308".to_string()),
+        Just("-1e308".to_string()),
+        Just(".nan".to_string()),
+        Just(".inf".to_string()),
+        Just("99999999999999999999999".to_string()),
+        Just("4294967296".to_string()),
+        Just("-9223372036854775808".to_string()),
+        Just("~".to_string()),
+        Just("null".to_string()),
+        Just("\"\"".to_string()),
+        Just("[]".to_string()),
+        Just("{}".to_string()),
+        Just("[1, [2, [3]]]".to_string()),
+        Just("{values: []}".to_string()),
+        Just("{value: {value: 1}}".to_string()),
+        Just("!!binary aGVsbG8=".to_string()),
+        Just("&a [*a]".to_string()),
+        Just("yes".to_string()),
+        Just("10TiB".to_string()),
+        Just("-1GiB".to_string()),
+        Just("\"\\u0000\"".to_string()),
+        "[a-z_]{1,10}",
+        any::<i64>().prop_map(|v| v.to_string()),
+        any::<f64>().prop_map(|v| v.to_string()),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    DeleteLine(usize),
+    DuplicateLine(usize),
+    ReplaceValue(usize, String),
+    InsertKey(usize, String, String),
+    Truncate(usize),
+    Indent(usize, usize),
+    Unindent(usize),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        1 => any::<usize>().prop_map(Mutation::DeleteLine),
+        1 => any::<usize>().prop_map(Mutation::DuplicateLine),
+        4 => (any::<usize>(), nasty_scalar()).prop_map(|(i, v)| Mutation::ReplaceValue(i, v)),
+        2 => (any::<usize>(), prop_oneof![
+                Just("learning_rate".to_string()),
+                Just("method".to_string()),
+                Just("kfold".to_string()),
+                Just("folds".to_string()),
+                Just("count".to_string()),
+                Just("distribution".to_string()),
+                "[a-z_]{1,12}",
+            ], nasty_scalar())
+            .prop_map(|(i, k, v)| Mutation::InsertKey(i, k, v)),
+        1 => any::<usize>().prop_map(Mutation::Truncate),
+        1 => (any::<usize>(), 1usize..5).prop_map(|(i, n)| Mutation::Indent(i, n)),
+        1 => any::<usize>().prop_map(Mutation::Unindent),
+    ]
+}
+
+fn apply(src: &str, m: &Mutation) -> String {
+    let mut lines: Vec<String> = src.lines().map(str::to_string).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let n = lines.len();
+    match m {
+        Mutation::DeleteLine(i) => {
+            lines.remove(i % n);
+        }
+        Mutation::DuplicateLine(i) => {
+            let l = lines[i % n].clone();
+            lines.insert(i % n, l);
+        }
+        Mutation::ReplaceValue(i, v) => {
+            let l = &mut lines[i % n];
+            if let Some(colon) = l.find(": ") {
+                l.truncate(colon + 2);
+                l.push_str(v);
+            } else if let Some(dash) = l.find("- ") {
+                l.truncate(dash + 2);
+                l.push_str(v);
+            }
+        }
+        Mutation::InsertKey(i, k, v) => {
+            let at = i % n;
+            let indent: String = lines[at].chars().take_while(|c| *c == ' ').collect();
+            lines.insert(at, format!("{indent}{k}: {v}"));
+        }
+        Mutation::Truncate(i) => {
+            let joined = lines.join("\n");
+            let mut cut = i % (joined.len() + 1);
+            while !joined.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            return joined[..cut].to_string();
+        }
+        Mutation::Indent(i, k) => {
+            let l = &mut lines[i % n];
+            l.insert_str(0, &" ".repeat(*k));
+        }
+        Mutation::Unindent(i) => {
+            let l = &mut lines[i % n];
+            *l = l.trim_start().to_string();
+        }
+    }
+    lines.join("\n")
+}
+
+/// A parameter in one of the file's forms, with any values at all.
+fn param() -> impl Strategy<Value = String> {
+    let list = prop::collection::vec(nasty_scalar(), 0..5).prop_map(|v| v.join(", "));
+    let plausible = prop_oneof![
+        Just("0.1".to_string()),
+        Just("3".to_string()),
+        Just("1.0e-4".to_string())
+    ];
+    prop_oneof![
+        3 => plausible.clone().prop_map(|v| format!("{{value: {v}}}")),
+        3 => prop::collection::vec(plausible, 1..4).prop_map(|v| format!("{{values: [{}]}}", v.join(", "))),
+        3 => (1u32..100, 1u32..100).prop_map(|(a, b)| format!(
+            "{{distribution: log_uniform, min: {}, max: {}}}",
+            f64::from(a.min(b)) * 1e-5,
+            f64::from(a.max(b)) * 1e-5
+        )),
+        1 => nasty_scalar().prop_map(|v| format!("{{value: {v}}}")),
+        1 => list.prop_map(|v| format!("{{values: [{v}]}}")),
+        1 => (
+            prop::sample::select(vec!["uniform", "log_uniform", "int_uniform", "normal"]),
+            nasty_scalar(),
+            nasty_scalar()
+        )
+            .prop_map(|(d, a, b)| format!("{{distribution: {d}, min: {a}, max: {b}}}")),
+        1 => (0u32..20, 0u32..20).prop_map(|(a, b)| format!(
+            "{{distribution: int_uniform, min: {a}, max: {b}}}"
+        )),
+        1 => (1u32..1000).prop_map(|n| format!(
+            "{{values: [{}]}}",
+            (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+        )),
+    ]
+}
+
+fn generated_sweep() -> impl Strategy<Value = String> {
+    (
+        prop_oneof![
+            5 => Just("grid"),
+            5 => Just("random"),
+            1 => Just("bayes")
+        ],
+        prop_oneof![6 => Just("5".to_string()), 1 => nasty_scalar()],
+        prop::option::of(prop_oneof![6 => Just("8".to_string()), 1 => nasty_scalar()]),
+        prop_oneof![6 => Just("3".to_string()), 1 => nasty_scalar()],
+        prop_oneof![
+            5 => prop::sample::select(vec!["fp32", "fp16", "bf16"]),
+            1 => Just("fp8")
+        ],
+        prop::collection::vec(
+            (
+                prop::sample::select(vec![
+                    "lr",
+                    "label_smoothing",
+                    "model",
+                    "image_size",
+                    "epochs",
+                    "batch_size",
+                    "augment.rotation.p",
+                    "x",
+                ]),
+                param(),
+            ),
+            0..3,
+        ),
+        prop::bool::ANY,
+        prop_oneof![6 => Just("2GiB".to_string()), 1 => nasty_scalar()],
+    )
+        .prop_map(
+            |(method, folds, count, epochs, precision, params, command, memory)| {
+                let mut s = format!("name: gen\nmethod: {method}\n");
+                // A count belongs to random searches; sometimes give it anyway.
+                let count = count.filter(|c| method == "random" || c.len() % 5 == 0);
+                if let Some(c) = count {
+                    s.push_str(&format!("count: {c}\nseed: 7\n"));
+                }
+                s.push_str(&format!("kfold:\n  folds: {folds}\n  seed: 42\ndataset: sketch\n"));
+                if command {
+                    s.push_str("command: [\"python3\", \"train.py\", \"--lr\", \"{lr}\"]\n");
+                } else {
+                    s.push_str(&format!(
+                        "trainer:\n  model: small_cnn\n  epochs: {epochs}\n  precision: {precision}\n"
+                    ));
+                }
+                if !params.is_empty() {
+                    s.push_str("parameters:\n");
+                    for (k, v) in params {
+                        s.push_str(&format!("  {k}: {v}\n"));
+                    }
+                }
+                s.push_str(&format!("resources:\n  gpu_memory: {memory}\nretries: 2\n"));
+                s
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(Config {
+        cases: cases(),
+        failure_persistence: None,
+        ..Config::default()
+    })]
+
+    #[test]
+    fn arbitrary_text_never_panics(src in "(?s).{0,400}") {
+        check(&src);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        check(&String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn mutated_examples_are_parsed_or_refused_clearly(
+        which in 0..EXAMPLES.len(),
+        mutations in prop::collection::vec(mutation(), 1..4),
+    ) {
+        let mut src = EXAMPLES[which].to_string();
+        for m in &mutations {
+            src = apply(&src, m);
+        }
+        check(&src);
+    }
+
+    #[test]
+    fn generated_sweeps_are_parsed_or_refused_clearly(src in generated_sweep()) {
+        check(&src);
+    }
+}
+
+#[test]
+fn the_examples_parse() {
+    for src in EXAMPLES {
+        parse_sweep(src, FILE, Limits::default()).unwrap();
+    }
+}
+
+#[test]
+fn negative_epochs_are_refused_with_file_line_and_key() {
+    let src =
+        "name: n\nkfold: {folds: 5}\ndataset: sketch\ntrainer:\n  model: small_cnn\n  epochs: -3\n";
+    let e = parse_sweep(src, FILE, Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fuzz.yaml:6: trainer.epochs"), "{e}");
+    assert!(e.contains("-3"), "{e}");
+}
+
+/// The generators reach both outcomes (a fuzzer whose inputs are all
+/// refused at the first key tests little).
+#[test]
+fn generated_and_mutated_inputs_reach_acceptance_and_refusal() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let limits = Limits { max_jobs: 500 };
+    let (mut ok, mut err) = (0, 0);
+    for _ in 0..500 {
+        let src = generated_sweep().new_tree(&mut runner).unwrap().current();
+        match parse_sweep(&src, FILE, limits) {
+            Ok(_) => ok += 1,
+            Err(_) => err += 1,
+        }
+    }
+    eprintln!("generated: {ok} accepted, {err} refused");
+    assert!(
+        ok >= 25 && err >= 25,
+        "generated: {ok} accepted, {err} refused"
+    );
+    let (mut ok, mut err) = (0, 0);
+    let strategy = (0..EXAMPLES.len(), prop::collection::vec(mutation(), 1..4));
+    for _ in 0..500 {
+        let (which, mutations) = strategy.new_tree(&mut runner).unwrap().current();
+        let mut src = EXAMPLES[which].to_string();
+        for m in &mutations {
+            src = apply(&src, m);
+        }
+        match parse_sweep(&src, FILE, limits) {
+            Ok(_) => ok += 1,
+            Err(_) => err += 1,
+        }
+    }
+    eprintln!("mutated: {ok} accepted, {err} refused");
+    assert!(
+        ok >= 25 && err >= 25,
+        "mutated: {ok} accepted, {err} refused"
+    );
+}

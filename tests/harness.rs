@@ -328,16 +328,23 @@ pub fn mnist_sketch() -> PathBuf {
 
 /// Runs `coordinator --coordinator URL ARGS...`.
 pub fn cli(url: &str, args: &[&str]) -> Output {
-    Command::new(bin("coordinator"))
+    coordinator_cmd()
         .arg("--coordinator")
         .arg(url)
         .args(args)
-        .env_remove("SWEEPFOLD_COORDINATOR")
-        .env_remove("SWEEPFOLD_TOKEN")
-        .env_remove("SWEEPFOLD_CA_CERT")
-        .env("SWEEPFOLD_LOG", "warn")
         .output()
         .expect("run coordinator CLI")
+}
+
+/// The `coordinator` binary with no coordinator address or credentials
+/// inherited from the environment.
+pub fn coordinator_cmd() -> Command {
+    let mut cmd = Command::new(bin("coordinator"));
+    cmd.env_remove("SWEEPFOLD_COORDINATOR")
+        .env_remove("SWEEPFOLD_TOKEN")
+        .env_remove("SWEEPFOLD_CA_CERT")
+        .env("SWEEPFOLD_LOG", "warn");
+    cmd
 }
 
 /// Path of the real grpcurl binary; fails the test with a hint if missing.

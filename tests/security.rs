@@ -19,12 +19,8 @@ fn sweep(name: &str) -> String {
 
 /// `coordinator ARGS...` with a clean environment for credentials.
 fn coordinator_cmd(args: &[&str]) -> Output {
-    Command::new(bin("coordinator"))
+    sweepfold_tests::coordinator_cmd()
         .args(args)
-        .env_remove("SWEEPFOLD_COORDINATOR")
-        .env_remove("SWEEPFOLD_TOKEN")
-        .env_remove("SWEEPFOLD_CA_CERT")
-        .env("SWEEPFOLD_LOG", "warn")
         .output()
         .expect("run coordinator")
 }

@@ -101,19 +101,7 @@ impl Auth {
             conn.query_row(
                 "SELECT name, kind, admin, created_at_ms FROM tokens WHERE sha256 = ?1",
                 [&sha],
-                |r| {
-                    let kind: String = r.get(1)?;
-                    Ok(TokenRecord {
-                        name: r.get(0)?,
-                        kind: if kind == "agent" {
-                            TokenKind::Agent
-                        } else {
-                            TokenKind::User
-                        },
-                        admin: r.get(2)?,
-                        created_at_ms: r.get(3)?,
-                    })
-                },
+                crate::store::token_from_row,
             )
             .optional()?
         };

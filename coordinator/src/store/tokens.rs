@@ -48,7 +48,8 @@ fn new_token(kind: TokenKind) -> Result<String> {
     Ok(format!("{prefix}_{}", hex::encode(bytes)))
 }
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+/// A token row (`name, kind, admin, created_at_ms`).
+pub fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     let kind: String = r.get(1)?;
     Ok(TokenRecord {
         name: r.get(0)?,
@@ -106,7 +107,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare("SELECT name, kind, admin, created_at_ms FROM tokens ORDER BY name")?;
-        let rows = stmt.query_map([], from_row)?;
+        let rows = stmt.query_map([], token_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -116,7 +117,7 @@ impl Store {
             .query_row(
                 "SELECT name, kind, admin, created_at_ms FROM tokens WHERE name = ?1",
                 [name],
-                from_row,
+                token_from_row,
             )
             .optional()?)
     }
@@ -128,7 +129,7 @@ impl Store {
             .query_row(
                 "SELECT name, kind, admin, created_at_ms FROM tokens WHERE sha256 = ?1",
                 [sha256],
-                from_row,
+                token_from_row,
             )
             .optional()?)
     }

@@ -1,0 +1,243 @@
+//! Chaos: a 30-job sweep runs on three agents while agents and the
+//! coordinator are killed (SIGKILL) and restarted on a seeded random
+//! schedule. Afterwards every job has succeeded exactly once, every stored
+//! output matches its checksum, and every configuration's out-of-fold
+//! predictions are complete.
+//!
+//! The run prints what it survived (kills, requeues, time to detect a dead
+//! agent); BENCHMARKS.md records a run. `SWEEPFOLD_CHAOS_SEED` picks another
+//! schedule.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::Digest;
+use sweepfold_tests::{Agent, Coordinator, FAST_LEASE, mnist_sketch, now_ms, wait_for};
+
+const AGENTS: [&str; 3] = ["a", "b", "c"];
+/// Kill events before the sweep is left to finish in peace.
+const EVENTS: usize = 8;
+
+/// xorshift64*: a small seeded generator, so a failing schedule can be
+/// replayed with its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// A duration in [lo, hi) milliseconds.
+    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.next() % (hi - lo))
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn dataset() -> String {
+    format!("mnist-sketch={}", mnist_sketch().display())
+}
+
+fn start_agent(url: &str, name: &str, dir: &Path) -> Agent {
+    Agent::spawn(
+        url,
+        name,
+        &dir.join(name),
+        &["--cpu", "--cpu-slots", "2", "--dataset", &dataset()],
+    )
+}
+
+fn jobs(coord: &Coordinator) -> Vec<Value> {
+    coord
+        .cli_json(&["jobs", "chaos"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// One agent kill: when, which jobs were running on it, how long it stayed
+/// down.
+struct AgentKill {
+    at_ms: i64,
+    running: Vec<(i64, u64)>,
+    down: Duration,
+}
+
+#[test]
+fn a_sweep_survives_random_kills_of_agents_and_the_coordinator() {
+    let seed: u64 = std::env::var("SWEEPFOLD_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2026);
+    let mut rng = Rng(seed | 1);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut coord = Coordinator::start_with(&data, "127.0.0.1:0", &[], FAST_LEASE);
+    let addr = coord.addr.clone();
+    let url = coord.url();
+    let mut agents: Vec<Agent> = AGENTS
+        .iter()
+        .map(|n| start_agent(&url, n, dir.path()))
+        .collect();
+    let sweep = dir.path().join("chaos.yaml");
+    std::fs::write(
+        &sweep,
+        r#"name: chaos
+kfold: {folds: 10}
+dataset: mnist-sketch
+command: ["python3", "examples/train_example.py", "--model", "prior", "--epochs", "2", "--sleep", "{sleep}"]
+parameters:
+  sleep: {values: [1.5, 2.5, 3.5]}
+retries: 2
+"#,
+    )
+    .unwrap();
+    coord.cli_ok(&["submit", sweep.to_str().unwrap()]);
+    wait_for("jobs to start", Duration::from_secs(60), || {
+        jobs(&coord)
+            .iter()
+            .any(|j| j["state"] == "running")
+            .then_some(())
+    });
+
+    let started = Instant::now();
+    let mut agent_kills: Vec<AgentKill> = Vec::new();
+    let mut coordinator_kills = 0;
+    for _ in 0..EVENTS {
+        std::thread::sleep(rng.ms(2_000, 5_000));
+        let finished = coord.cli_json(&["sweep", "chaos"])["sweep"]["state"] == "finished";
+        if finished {
+            break;
+        }
+        if rng.below(3) == 0 {
+            coord.kill9();
+            coordinator_kills += 1;
+            std::thread::sleep(rng.ms(500, 3_000));
+            coord = Coordinator::start_with(&data, &addr, &[], FAST_LEASE);
+        } else {
+            let i = rng.below(AGENTS.len());
+            let running = jobs(&coord)
+                .iter()
+                .filter(|j| j["agent"] == AGENTS[i] && j["state"] == "running")
+                .map(|j| (j["id"].as_i64().unwrap(), j["attempt"].as_u64().unwrap()))
+                .collect();
+            let at_ms = now_ms();
+            agents[i].kill9();
+            // Sometimes back within the lease (3 s), sometimes after it.
+            let down = rng.ms(500, 6_000);
+            std::thread::sleep(down);
+            agents[i] = start_agent(&url, AGENTS[i], dir.path());
+            agent_kills.push(AgentKill {
+                at_ms,
+                running,
+                down,
+            });
+        }
+    }
+    let chaos_secs = started.elapsed().as_secs_f64();
+    wait_for("the sweep to finish", Duration::from_secs(300), || {
+        (coord.cli_json(&["sweep", "chaos"])["sweep"]["state"] == "finished").then_some(())
+    });
+    let total_secs = started.elapsed().as_secs_f64();
+
+    // Every job succeeded exactly once, with outputs from that attempt only.
+    let all = jobs(&coord);
+    assert_eq!(all.len(), 30);
+    let mut requeues = 0;
+    let mut details = std::collections::HashMap::new();
+    for j in &all {
+        assert_eq!(j["state"], "succeeded", "{j}");
+        let d = coord.cli_json(&["job", &j["id"].to_string()]);
+        let history = d["history"].as_array().unwrap();
+        let successes: Vec<&Value> = history.iter().filter(|e| e["to"] == "succeeded").collect();
+        assert_eq!(
+            successes.len(),
+            1,
+            "job {} succeeded once: {history:?}",
+            j["id"]
+        );
+        assert_eq!(
+            successes[0]["attempt"], j["attempt"],
+            "the current attempt is the successful one"
+        );
+        requeues += history
+            .iter()
+            .filter(|e| e["to"] == "queued" && e["attempt"].as_u64() > Some(0))
+            .count();
+        let outputs = d["outputs"].as_array().unwrap();
+        assert_eq!(outputs.len(), 5, "{d}");
+        for o in outputs {
+            let path = o["path"].as_str().unwrap();
+            let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(
+                hex::encode(sha2::Sha256::digest(&bytes)),
+                o["sha256"].as_str().unwrap(),
+                "{path} matches its checksum"
+            );
+        }
+        details.insert(j["id"].as_i64().unwrap(), d);
+    }
+    // Out-of-fold predictions of each configuration cover every row once.
+    let board = coord.cli_json(&["leaderboard", "chaos"]);
+    let entries = board["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 3, "{board}");
+    for e in entries {
+        assert_eq!(e["complete"], true, "{e}");
+    }
+
+    // Time from an agent's death to the requeue of each job it was running.
+    let mut detect: Vec<(f64, bool)> = Vec::new();
+    for k in &agent_kills {
+        for (job, attempt) in &k.running {
+            let history = details[job]["history"].as_array().unwrap();
+            let requeue = history.iter().find(|e| {
+                e["attempt"].as_u64() == Some(*attempt)
+                    && e["to"] == "queued"
+                    && e["at_ms"].as_i64().unwrap() >= k.at_ms
+            });
+            // A job that finished just before the kill was not requeued.
+            if let Some(e) = requeue {
+                let secs = (e["at_ms"].as_i64().unwrap() - k.at_ms) as f64 / 1000.0;
+                detect.push((secs, k.down > Duration::from_secs(3)));
+            }
+        }
+    }
+    let summary = |long: bool| {
+        let mut v: Vec<f64> = detect.iter().filter(|d| d.1 == long).map(|d| d.0).collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => "none".to_string(),
+            n => format!(
+                "{n} jobs, min {:.1} s, median {:.1} s, max {:.1} s",
+                v[0],
+                v[n / 2],
+                v[n - 1]
+            ),
+        }
+    };
+    eprintln!(
+        "chaos (seed {seed}): {} agent kills, {coordinator_kills} coordinator kills survived in {chaos_secs:.0} s of chaos; \
+         sweep finished after {total_secs:.0} s; {requeues} requeues; 30/30 jobs succeeded exactly once, {} outputs verified; \
+         dead agent's jobs requeued (agent down > lease): {}; (agent back within the lease): {}",
+        agent_kills.len(),
+        all.len() * 5,
+        summary(true),
+        summary(false),
+    );
+    assert!(
+        !agent_kills.is_empty() || coordinator_kills > 0,
+        "the schedule killed nothing"
+    );
+    // A dead agent's jobs are requeued within the lease plus a heartbeat
+    // round (3 s + 0.5 s), with slack for a loaded CI machine.
+    for (secs, long) in &detect {
+        if *long {
+            assert!(*secs < 8.0, "a dead agent was noticed after {secs} s");
+        }
+    }
+}

@@ -326,36 +326,29 @@ fn generated_and_mutated_inputs_reach_acceptance_and_refusal() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
-    let limits = Limits { max_jobs: 500 };
-    let (mut ok, mut err) = (0, 0);
-    for _ in 0..500 {
-        let src = generated_sweep().new_tree(&mut runner).unwrap().current();
-        match parse_sweep(&src, FILE, limits) {
-            Ok(_) => ok += 1,
-            Err(_) => err += 1,
-        }
-    }
-    eprintln!("generated: {ok} accepted, {err} refused");
-    assert!(
-        ok >= 25 && err >= 25,
-        "generated: {ok} accepted, {err} refused"
+    let mut tally = |what: &str, mut next: Box<dyn FnMut(&mut TestRunner) -> String>| {
+        let accepted = (0..500)
+            .filter(|_| parse_sweep(&next(&mut runner), FILE, Limits { max_jobs: 500 }).is_ok())
+            .count();
+        let refused = 500 - accepted;
+        eprintln!("{what}: {accepted} accepted, {refused} refused");
+        assert!(
+            accepted >= 25 && refused >= 25,
+            "{what}: {accepted} accepted, {refused} refused"
+        );
+    };
+    tally(
+        "generated",
+        Box::new(|r| generated_sweep().new_tree(r).unwrap().current()),
     );
-    let (mut ok, mut err) = (0, 0);
-    let strategy = (0..EXAMPLES.len(), prop::collection::vec(mutation(), 1..4));
-    for _ in 0..500 {
-        let (which, mutations) = strategy.new_tree(&mut runner).unwrap().current();
-        let mut src = EXAMPLES[which].to_string();
-        for m in &mutations {
-            src = apply(&src, m);
-        }
-        match parse_sweep(&src, FILE, limits) {
-            Ok(_) => ok += 1,
-            Err(_) => err += 1,
-        }
-    }
-    eprintln!("mutated: {ok} accepted, {err} refused");
-    assert!(
-        ok >= 25 && err >= 25,
-        "mutated: {ok} accepted, {err} refused"
+    let mutated = (0..EXAMPLES.len(), prop::collection::vec(mutation(), 1..4));
+    tally(
+        "mutated",
+        Box::new(move |r| {
+            let (which, mutations) = mutated.new_tree(r).unwrap().current();
+            mutations
+                .iter()
+                .fold(EXAMPLES[which].to_string(), |src, m| apply(&src, m))
+        }),
     );
 }

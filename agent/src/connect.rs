@@ -29,11 +29,7 @@ fn read(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
 impl Gateway {
     /// The coordinator's URL with a scheme (`http://` if none was given).
     pub fn url(cfg: &AgentConfig) -> String {
-        if cfg.coordinator.contains("://") {
-            cfg.coordinator.clone()
-        } else {
-            format!("http://{}", cfg.coordinator)
-        }
+        sweepfold_proto::coordinator_url(&cfg.coordinator)
     }
 
     /// Builds the channel; nothing is dialled until the first call.

@@ -39,16 +39,25 @@ pub struct AgentLive {
     pub last_seen_ms: i64,
     /// Set once the lease expired, so the loss is handled once.
     pub lease_expired: bool,
-    /// Why the agent gets no jobs, while it gets none.
-    pub unhealthy: Option<String>,
+    /// The failure breaker; survives reconnections (a restart does not
+    /// cure a broken CUDA install).
+    pub health: Health,
+    /// When each job was sent to this agent (heartbeats may lag behind).
+    pub assigned_at: HashMap<JobId, Instant>,
+}
+
+/// An agent's failure breaker: after a few jobs in a row fail at start, the
+/// agent gets no jobs for a cooldown that doubles while it keeps failing.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    /// Why the agent was benched last.
+    pub reason: Option<String>,
     /// Failures at start in a row.
     pub start_failures: u32,
     /// No jobs before this instant.
-    pub unhealthy_until: Option<Instant>,
-    /// The next cooldown (doubles while the agent keeps failing).
+    pub benched_until: Option<Instant>,
+    /// The last cooldown (doubles while the agent keeps failing).
     pub cooldown: Duration,
-    /// When each job was sent to this agent (heartbeats may lag behind).
-    pub assigned_at: HashMap<JobId, Instant>,
 }
 
 impl AgentLive {
@@ -67,59 +76,9 @@ impl AgentLive {
             last_seen: now,
             last_seen_ms: r.last_seen_ms,
             lease_expired: false,
-            unhealthy: None,
-            start_failures: 0,
-            unhealthy_until: None,
-            cooldown: Duration::ZERO,
+            health: Health::default(),
             assigned_at: HashMap::new(),
         }
-    }
-
-    /// Whether the scheduler may give this agent jobs now. After its
-    /// cooldown an unhealthy agent may take jobs again; one more failure at
-    /// start makes it unhealthy again for twice as long.
-    pub fn healthy(&self, now: Instant) -> bool {
-        self.unhealthy_until.is_none_or(|t| now >= t)
-    }
-
-    /// Records a failure at start; returns true if it made the agent
-    /// unhealthy.
-    pub fn record_start_failure(
-        &mut self,
-        error: &str,
-        cfg: &crate::config::CoordinatorConfig,
-    ) -> bool {
-        if !self.healthy(Instant::now()) {
-            // A late report of a job sent before the agent was benched:
-            // already accounted for, the cooldown is not extended.
-            return false;
-        }
-        self.start_failures += 1;
-        if self.start_failures < cfg.agent_unhealthy_after {
-            return false;
-        }
-        let base = Duration::from_millis(cfg.agent_cooldown_ms);
-        self.cooldown = if self.cooldown.is_zero() {
-            base
-        } else {
-            (self.cooldown * 2).min(base * 32)
-        };
-        self.unhealthy_until = Some(Instant::now() + self.cooldown);
-        self.unhealthy = Some(format!(
-            "{} jobs in a row failed at start (last: {}); no jobs for {} s",
-            self.start_failures,
-            error.lines().next().unwrap_or(""),
-            self.cooldown.as_secs()
-        ));
-        true
-    }
-
-    /// A job ran normally: the agent is healthy.
-    pub fn record_healthy(&mut self) {
-        self.start_failures = 0;
-        self.unhealthy_until = None;
-        self.unhealthy = None;
-        self.cooldown = Duration::ZERO;
     }
 
     pub fn connected(&self) -> bool {
@@ -146,26 +105,64 @@ impl AgentLive {
     }
 }
 
+impl Health {
+    /// Whether the scheduler may give this agent jobs now. After its
+    /// cooldown an unhealthy agent may take jobs again; one more failure at
+    /// start makes it unhealthy again for twice as long.
+    pub fn healthy(&self, now: Instant) -> bool {
+        self.benched_until.is_none_or(|t| now >= t)
+    }
+
+    /// Why the agent gets no jobs, while it gets none.
+    pub fn unhealthy_reason(&self, now: Instant) -> Option<&str> {
+        (!self.healthy(now)).then(|| self.reason.as_deref().unwrap_or_default())
+    }
+
+    /// Records a failure at start; returns true if it made the agent
+    /// unhealthy.
+    pub fn record_start_failure(
+        &mut self,
+        error: &str,
+        cfg: &crate::config::CoordinatorConfig,
+    ) -> bool {
+        if !self.healthy(Instant::now()) {
+            // A late report of a job sent before the agent was benched:
+            // already accounted for, the cooldown is not extended.
+            return false;
+        }
+        self.start_failures += 1;
+        if self.start_failures < cfg.agent_unhealthy_after {
+            return false;
+        }
+        let base = Duration::from_millis(cfg.agent_cooldown_ms);
+        self.cooldown = if self.cooldown.is_zero() {
+            base
+        } else {
+            (self.cooldown * 2).min(base * 32)
+        };
+        self.benched_until = Some(Instant::now() + self.cooldown);
+        self.reason = Some(format!(
+            "{} jobs in a row failed at start (last: {}); no jobs for {} s",
+            self.start_failures,
+            error.lines().next().unwrap_or(""),
+            self.cooldown.as_secs()
+        ));
+        true
+    }
+
+    /// A job ran normally: the agent is healthy.
+    pub fn record_healthy(&mut self) {
+        self.start_failures = 0;
+        self.benched_until = None;
+        self.reason = None;
+        self.cooldown = Duration::ZERO;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::CoordinatorConfig;
-
-    fn live() -> AgentLive {
-        AgentLive::from_record(
-            &AgentRecord {
-                name: "a".into(),
-                hostname: "h".into(),
-                version: "v".into(),
-                cpu_only: true,
-                gpus_json: "[]".into(),
-                datasets_json: "[]".into(),
-                first_seen_ms: 0,
-                last_seen_ms: 0,
-            },
-            Instant::now(),
-        )
-    }
 
     #[test]
     fn three_failures_at_start_trip_the_breaker_and_cooldowns_double() {
@@ -173,7 +170,7 @@ mod tests {
             agent_cooldown_ms: 60_000,
             ..Default::default()
         };
-        let mut a = live();
+        let mut a = Health::default();
         assert!(!a.record_start_failure("dataset missing", &cfg));
         assert!(!a.record_start_failure("dataset missing", &cfg));
         assert!(a.healthy(Instant::now()));
@@ -183,7 +180,7 @@ mod tests {
             a.healthy(Instant::now() + Duration::from_secs(61)),
             "after the cooldown: one more try"
         );
-        let reason = a.unhealthy.clone().unwrap();
+        let reason = a.unhealthy_reason(Instant::now()).unwrap().to_string();
         assert!(
             reason.contains("3 jobs in a row failed at start"),
             "{reason}"
@@ -194,21 +191,21 @@ mod tests {
         );
         // A late report of a job sent before the breaker tripped changes
         // nothing.
-        let until = a.unhealthy_until;
+        let until = a.benched_until;
         assert!(!a.record_start_failure("late report", &cfg));
         assert_eq!(
-            (a.unhealthy_until, a.cooldown),
+            (a.benched_until, a.cooldown),
             (until, Duration::from_secs(60))
         );
         // The cooldown ends and the probe fails again: twice as long.
-        a.unhealthy_until = Some(Instant::now());
+        a.benched_until = Some(Instant::now());
         assert!(a.healthy(Instant::now()));
         assert!(a.record_start_failure("still broken", &cfg));
         assert_eq!(a.cooldown, Duration::from_secs(120));
         a.record_healthy();
         assert!(a.healthy(Instant::now()));
         assert_eq!(a.start_failures, 0);
-        assert!(a.unhealthy.is_none());
+        assert!(a.reason.is_none());
     }
 }
 
@@ -304,7 +301,7 @@ impl Core {
                     self.store.check_current(job, attempt, agent)?;
                     crate::validate::epoch(job.0, m)?;
                     if let Some(live) = self.agents.get_mut(agent) {
-                        live.record_healthy();
+                        live.health.record_healthy();
                     }
                     self.store.record_epoch(
                         job,
@@ -335,15 +332,15 @@ impl Core {
                     // health; a job that ran normally proves it works.
                     if let Some(live) = self.agents.get_mut(agent) {
                         if matches!(outcome, Outcome::StartFailure { .. }) {
-                            if live.record_start_failure(&f.error, cfg) {
+                            if live.health.record_start_failure(&f.error, cfg) {
                                 tracing::error!(
                                     agent,
-                                    reason = %live.unhealthy.clone().unwrap_or_default(),
+                                    reason = %live.health.reason.clone().unwrap_or_default(),
                                     "agent marked unhealthy: it gets no jobs until its cooldown ends"
                                 );
                             }
                         } else if !f.start_failure {
-                            live.record_healthy();
+                            live.health.record_healthy();
                         }
                     }
                     let succeeded = matches!(outcome, Outcome::Succeeded { .. });
@@ -409,7 +406,7 @@ impl Core {
     fn benched(&self, agent: &str) -> bool {
         self.agents
             .get(agent)
-            .is_some_and(|a| !a.healthy(Instant::now()))
+            .is_some_and(|a| !a.health.healthy(Instant::now()))
     }
 
     /// Turns an agent's report of a finished attempt into a store outcome,
@@ -690,11 +687,11 @@ impl CoordinatorHandle {
                 })?;
                 core.next_session += 1;
                 let session = core.next_session;
-                // Health survives a reconnection (a restart does not cure a
-                // broken CUDA install).
-                let previous = core.agents.get(&name).map(|a| {
-                    (a.unhealthy.clone(), a.start_failures, a.unhealthy_until, a.cooldown)
-                });
+                let health = core
+                    .agents
+                    .get(&name)
+                    .map(|a| a.health.clone())
+                    .unwrap_or_default();
                 core.agents.insert(
                     name.clone(),
                     AgentLive {
@@ -710,10 +707,7 @@ impl CoordinatorHandle {
                         last_seen: Instant::now(),
                         last_seen_ms: now,
                         lease_expired: false,
-                        unhealthy: previous.as_ref().and_then(|p| p.0.clone()),
-                        start_failures: previous.as_ref().map_or(0, |p| p.1),
-                        unhealthy_until: previous.as_ref().and_then(|p| p.2),
-                        cooldown: previous.as_ref().map_or(Duration::ZERO, |p| p.3),
+                        health,
                         assigned_at: HashMap::new(),
                     },
                 );
@@ -899,11 +893,11 @@ impl CoordinatorHandle {
                         .filter(|j| &j.agent == name)
                         .map(|j| j.id.0)
                         .collect(),
-                    unhealthy_reason: if a.healthy(Instant::now()) {
-                        String::new()
-                    } else {
-                        a.unhealthy.clone().unwrap_or_default()
-                    },
+                    unhealthy_reason: a
+                        .health
+                        .unhealthy_reason(Instant::now())
+                        .unwrap_or_default()
+                        .to_string(),
                     version: a.version.clone(),
                     mismatched_datasets: a.mismatched.iter().cloned().collect(),
                 });

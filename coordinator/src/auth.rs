@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::OptionalExtension;
 use tonic::{Request, Status};
 
 use crate::config::CoordinatorConfig;
@@ -96,15 +95,8 @@ impl Auth {
         {
             return Ok(rec.clone());
         }
-        let rec = {
-            let conn = self.conn.lock().expect("token connection");
-            conn.query_row(
-                "SELECT name, kind, admin, created_at_ms FROM tokens WHERE sha256 = ?1",
-                [&sha],
-                crate::store::token_from_row,
-            )
-            .optional()?
-        };
+        let rec =
+            crate::store::token_by_sha256(&self.conn.lock().expect("token connection"), &sha)?;
         self.cache
             .lock()
             .expect("token cache")

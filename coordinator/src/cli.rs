@@ -35,11 +35,7 @@ pub struct Target {
 
 /// Connects, or fails with one line that says what to check.
 pub async fn connect(target: &Target) -> anyhow::Result<Client> {
-    let url = if target.url.contains("://") {
-        target.url.clone()
-    } else {
-        format!("http://{}", target.url)
-    };
+    let url = sweepfold_proto::coordinator_url(&target.url);
     let mut endpoint = Endpoint::from_shared(url.clone())
         .map_err(|_| {
             anyhow!("`{url}` is not a valid coordinator URL (e.g. http://127.0.0.1:7070)")

@@ -290,10 +290,7 @@ fn token_command(
             } else {
                 TokenKind::User
             };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            let token = store.create_token(&name, kind, admin, now)?;
+            let token = store.create_token(&name, kind, admin, coordinator::core::now_ms())?;
             eprintln!(
                 "created {} token `{name}`{}; it is shown once, store it now:",
                 kind.as_str(),
@@ -333,7 +330,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         token: cli.token,
         ca_cert: cli.ca_cert,
     };
-    let url = &target;
     match cli.command {
         Command::Serve {
             config,
@@ -375,7 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if dry_run {
                 return cli::print_dry_run(&sweep, json);
             }
-            let mut client = cli::connect(url).await?;
+            let mut client = cli::connect(&target).await?;
             let submitted = cli::submit(&mut client, text, name, json).await?;
             if watch {
                 cli::watch(&mut client, submitted.id.to_string()).await?;
@@ -383,24 +379,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sweeps { owner, json } => {
-            cli::sweeps(&mut cli::connect(url).await?, owner, json).await
+            cli::sweeps(&mut cli::connect(&target).await?, owner, json).await
         }
         Command::Sweep { sweep, json } => {
-            cli::sweep(&mut cli::connect(url).await?, sweep, json).await
+            cli::sweep(&mut cli::connect(&target).await?, sweep, json).await
         }
         Command::Jobs { sweep, state, json } => {
-            cli::jobs(&mut cli::connect(url).await?, sweep, state, json).await
+            cli::jobs(&mut cli::connect(&target).await?, sweep, state, json).await
         }
-        Command::Job { id, json } => cli::job(&mut cli::connect(url).await?, id, json).await,
-        Command::Agents { json } => cli::agents(&mut cli::connect(url).await?, json).await,
+        Command::Job { id, json } => cli::job(&mut cli::connect(&target).await?, id, json).await,
+        Command::Agents { json } => cli::agents(&mut cli::connect(&target).await?, json).await,
         Command::Cancel { sweep, json } => {
-            cli::cancel(&mut cli::connect(url).await?, sweep, json).await
+            cli::cancel(&mut cli::connect(&target).await?, sweep, json).await
         }
-        Command::Watch { sweep } => cli::watch(&mut cli::connect(url).await?, sweep)
+        Command::Watch { sweep } => cli::watch(&mut cli::connect(&target).await?, sweep)
             .await
             .map(|_| ()),
         Command::Leaderboard { sweeps, json } => {
-            let mut client = cli::connect(url).await?;
+            let mut client = cli::connect(&target).await?;
             let sweeps = if sweeps.is_empty() {
                 vec![cli::newest_sweep(&mut client).await?]
             } else {
@@ -416,7 +412,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             cli::ensemble(
-                &mut cli::connect(url).await?,
+                &mut cli::connect(&target).await?,
                 members,
                 method,
                 &out,
@@ -429,7 +425,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             sweeps,
             method,
             out,
-        } => cli::report(&mut cli::connect(url).await?, sweeps, method, &out).await,
+        } => cli::report(&mut cli::connect(&target).await?, sweeps, method, &out).await,
     }
 }
 

@@ -44,7 +44,7 @@ impl Core {
                 continue;
             }
             let datasets = agent.usable_datasets();
-            let healthy = agent.healthy(Instant::now());
+            let healthy = agent.health.healthy(Instant::now());
             let mine: Vec<_> = active.iter().filter(|j| &j.agent == name).collect();
             if agent.cpu_only {
                 devices.push(Device {

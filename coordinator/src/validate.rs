@@ -64,9 +64,6 @@ pub fn hello(h: &mut pb::Hello) -> Result<()> {
 pub fn heartbeat(hb: &mut pb::Heartbeat) {
     hb.gpus.truncate(MAX_GPUS);
     for g in &mut hb.gpus {
-        if g.total_memory_bytes > MAX_DEVICE_MEMORY {
-            g.total_memory_bytes = MAX_DEVICE_MEMORY;
-        }
         clamp_reading(g);
     }
 }
@@ -89,8 +86,10 @@ fn gpus(agent: &str, gpus: &[pb::GpuReading]) -> Result<()> {
     Ok(())
 }
 
-/// Used and free memory cannot exceed the total.
+/// No GPU has more than [`MAX_DEVICE_MEMORY`]; used and free memory cannot
+/// exceed the total.
 fn clamp_reading(g: &mut pb::GpuReading) {
+    g.total_memory_bytes = g.total_memory_bytes.min(MAX_DEVICE_MEMORY);
     g.used_memory_bytes = g.used_memory_bytes.min(g.total_memory_bytes);
     g.free_memory_bytes = g.free_memory_bytes.min(g.total_memory_bytes);
     g.utilization_percent = g.utilization_percent.min(100);

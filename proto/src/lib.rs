@@ -13,6 +13,16 @@ pub mod v1 {
         tonic::include_file_descriptor_set!("sweepfold_descriptor");
 }
 
+/// A coordinator address as a URL: `http://` when it names no scheme
+/// (`127.0.0.1:7070`), so the CLI and agents read addresses alike.
+pub fn coordinator_url(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
+}
+
 /// Adds `authorization: Bearer <token>` to every request of a client (the
 /// coordinator's CLI with a user token, agents with an agent token).
 #[derive(Clone, Default)]

@@ -26,7 +26,7 @@ pub use agents::{AgentRecord, DatasetRecord};
 pub use ensembles::{ConfigStats, CurvePoint, EnsembleRecord};
 pub use lifecycle::{AssignmentInfo, Finished, Outcome, QueuedJob};
 pub use outputs::{MetricRecord, OutputRecord};
-pub use tokens::{TokenKind, TokenRecord, token_from_row, token_sha256};
+pub use tokens::{TokenKind, TokenRecord, token_by_sha256, token_sha256};
 
 /// Migrations in order; `user_version` N means the first N are applied.
 const MIGRATIONS: &[(&str, &str)] = &[

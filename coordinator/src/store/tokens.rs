@@ -49,7 +49,7 @@ fn new_token(kind: TokenKind) -> Result<String> {
 }
 
 /// A token row (`name, kind, admin, created_at_ms`).
-pub fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     let kind: String = r.get(1)?;
     Ok(TokenRecord {
         name: r.get(0)?,
@@ -124,15 +124,20 @@ impl Store {
 
     /// The token whose SHA-256 is `sha256`.
     pub fn token_by_sha256(&self, sha256: &str) -> Result<Option<TokenRecord>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT name, kind, admin, created_at_ms FROM tokens WHERE sha256 = ?1",
-                [sha256],
-                token_from_row,
-            )
-            .optional()?)
+        token_by_sha256(&self.conn, sha256)
     }
+}
+
+/// The token whose SHA-256 is `sha256`, on any connection to the store
+/// (the auth layer keeps its own read-only one).
+pub fn token_by_sha256(conn: &rusqlite::Connection, sha256: &str) -> Result<Option<TokenRecord>> {
+    Ok(conn
+        .query_row(
+            "SELECT name, kind, admin, created_at_ms FROM tokens WHERE sha256 = ?1",
+            [sha256],
+            token_from_row,
+        )
+        .optional()?)
 }
 
 #[cfg(test)]

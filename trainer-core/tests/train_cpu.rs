@@ -125,8 +125,8 @@ fn small_cnn_learns_noisy_digits_on_one_fold() {
     let dir = tempfile::tempdir().unwrap();
     let r = run(&cfg(4), None, dir.path().to_path_buf(), false);
     assert_eq!(r.epochs, vec![1, 2, 3, 4]);
-    // Chance is 0.10. Measured on the 2-core development VM: 0.958 after
-    // 4 epochs with the default augmentation (text stamps included).
+    // Chance is 0.10. Measured on the 2-core development VM: 0.954-0.958
+    // after 4 epochs with the default augmentation (text stamps included).
     let best = r.out.best_accuracy;
     assert!(
         best > 0.9,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use sweepfold_tests::{Agent, Coordinator, mnist_sketch, wait_for};
+use sweepfold_tests::{Agent, Coordinator, mnist_sketch, mnist_sketch_dataset, wait_for};
 
 const GIB: u64 = 1 << 30;
 
@@ -45,7 +45,7 @@ fn two_owners_three_fake_gpu_agents_forty_jobs() {
     let ann = coord.cli_json(&["submit", &sweep_file(dir.path(), "ann", "0, 0, 0, 6")]);
     let bob = coord.cli_json(&["submit", &sweep_file(dir.path(), "bob", "0, 0, 0, 0")]);
     let (ann_id, bob_id) = (ann["id"].as_i64().unwrap(), bob["id"].as_i64().unwrap());
-    let dataset = format!("mnist-sketch={}", mnist_sketch().display());
+    let dataset = mnist_sketch_dataset();
     let _agents: Vec<Agent> = [("big", "2x16GiB"), ("huge", "1x24GiB"), ("small", "1x8GiB")]
         .iter()
         .map(|(name, gpus)| {
@@ -279,7 +279,7 @@ fn wait_sweep_state(coord: &Coordinator, sweep: &str, state: &str, secs: u64) {
 fn example_script_learns_on_mnist_sketch() {
     let dir = tempfile::tempdir().unwrap();
     let coord = Coordinator::start(&dir.path().join("data"), "127.0.0.1:0");
-    let dataset = format!("mnist-sketch={}", mnist_sketch().display());
+    let dataset = mnist_sketch_dataset();
     let _agent = Agent::start(
         &coord.url(),
         "laptop",
@@ -419,7 +419,7 @@ command: ["python3", "examples/train_example.py", "--model", "prior", "--epochs"
 fn cancelling_a_sweep_stops_its_running_processes() {
     let dir = tempfile::tempdir().unwrap();
     let coord = Coordinator::start(&dir.path().join("data"), "127.0.0.1:0");
-    let dataset = format!("mnist-sketch={}", mnist_sketch().display());
+    let dataset = mnist_sketch_dataset();
     let _agent = Agent::start(
         &coord.url(),
         "laptop",

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::Digest;
-use sweepfold_tests::{Agent, Coordinator, FAST_LEASE, mnist_sketch, now_ms, wait_for};
+use sweepfold_tests::{Agent, Coordinator, FAST_LEASE, mnist_sketch_dataset, now_ms, wait_for};
 
 const AGENTS: [&str; 3] = ["a", "b", "c"];
 /// Kill events before the sweep is left to finish in peace.
@@ -39,16 +39,18 @@ impl Rng {
     }
 }
 
-fn dataset() -> String {
-    format!("mnist-sketch={}", mnist_sketch().display())
-}
-
 fn start_agent(url: &str, name: &str, dir: &Path) -> Agent {
     Agent::spawn(
         url,
         name,
         &dir.join(name),
-        &["--cpu", "--cpu-slots", "2", "--dataset", &dataset()],
+        &[
+            "--cpu",
+            "--cpu-slots",
+            "2",
+            "--dataset",
+            &mnist_sketch_dataset(),
+        ],
     )
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sweepfold_tests::{Agent, Coordinator, mnist_sketch, wait_for};
+use sweepfold_tests::{Agent, Coordinator, mnist_sketch, mnist_sketch_dataset, wait_for};
 
 const SWEEP: &str = r#"name: e2e
 kfold: {folds: 3, seed: 42}
@@ -27,7 +27,7 @@ ensemble:
 fn train_rank_ensemble_submit_report() {
     let dir = tempfile::tempdir().unwrap();
     let coord = Coordinator::start(&dir.path().join("data"), "127.0.0.1:0");
-    let dataset = format!("mnist-sketch={}", mnist_sketch().display());
+    let dataset = mnist_sketch_dataset();
     let _agents: Vec<Agent> = ["a", "b"]
         .iter()
         .map(|name| {

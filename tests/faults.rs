@@ -7,11 +7,23 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sweepfold_tests::{
-    Agent, Coordinator, FAST_LEASE, Proxy, mnist_sketch, now_ms, pids_with, wait_for,
+    Agent, Coordinator, FAST_LEASE, Proxy, mnist_sketch_dataset, now_ms, pids_with, wait_for,
 };
 
-fn dataset() -> String {
-    format!("mnist-sketch={}", mnist_sketch().display())
+/// An agent running 2 jobs at a time on the CPU, registered when it returns.
+fn cpu_agent(url: &str, name: &str, dir: &Path) -> Agent {
+    Agent::start(
+        url,
+        name,
+        &dir.join(name),
+        &[
+            "--cpu",
+            "--cpu-slots",
+            "2",
+            "--dataset",
+            &mnist_sketch_dataset(),
+        ],
+    )
 }
 
 /// A command sweep of quick jobs (class priors, no images) that sleep
@@ -82,22 +94,12 @@ fn killed_agent_jobs_are_requeued_within_a_lease_and_finish_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let coord = Coordinator::start_with(&dir.path().join("data"), "127.0.0.1:0", &[], FAST_LEASE);
     let marker = format!("9.{}1", std::process::id());
-    let mut a = Agent::start(
-        &coord.url(),
-        "a",
-        &dir.path().join("a"),
-        &["--cpu", "--cpu-slots", "2", "--dataset", &dataset()],
-    );
+    let mut a = cpu_agent(&coord.url(), "a", dir.path());
     coord.cli_ok(&["submit", &sweep(dir.path(), "kill", 2, &marker, "")]);
     wait_for("both jobs to run on a", Duration::from_secs(30), || {
         running_on(&coord, "kill", "a", 2).then_some(())
     });
-    let _b = Agent::start(
-        &coord.url(),
-        "b",
-        &dir.path().join("b"),
-        &["--cpu", "--cpu-slots", "2", "--dataset", &dataset()],
-    );
+    let _b = cpu_agent(&coord.url(), "b", dir.path());
     let killed_at = now_ms();
     a.kill9();
     wait_for("the jobs to move to b", Duration::from_secs(20), || {
@@ -113,7 +115,7 @@ fn killed_agent_jobs_are_requeued_within_a_lease_and_finish_elsewhere() {
         &coord.url(),
         "a",
         &dir.path().join("a"),
-        &["--cpu", "--dataset", &dataset()],
+        &["--cpu", "--dataset", &mnist_sketch_dataset()],
     );
     wait_for("a's orphans to be killed", Duration::from_secs(10), || {
         (pids_with(&format!("--sleep {marker}")).len() == 2).then_some(())
@@ -146,24 +148,14 @@ fn killed_agent_jobs_are_requeued_within_a_lease_and_finish_elsewhere() {
 fn frozen_agent_stale_attempt_is_fenced_off() {
     let dir = tempfile::tempdir().unwrap();
     let coord = Coordinator::start_with(&dir.path().join("data"), "127.0.0.1:0", &[], FAST_LEASE);
-    let a = Agent::start(
-        &coord.url(),
-        "a",
-        &dir.path().join("a"),
-        &["--cpu", "--cpu-slots", "2", "--dataset", &dataset()],
-    );
+    let a = cpu_agent(&coord.url(), "a", dir.path());
     // The jobs outlive the freeze, so the frozen agent comes back to finished
     // processes whose outputs it will try to upload.
     coord.cli_ok(&["submit", &sweep(dir.path(), "freeze", 2, "4", "")]);
     wait_for("both jobs to run on a", Duration::from_secs(30), || {
         running_on(&coord, "freeze", "a", 2).then_some(())
     });
-    let _b = Agent::start(
-        &coord.url(),
-        "b",
-        &dir.path().join("b"),
-        &["--cpu", "--cpu-slots", "2", "--dataset", &dataset()],
-    );
+    let _b = cpu_agent(&coord.url(), "b", dir.path());
     a.signal("STOP");
     wait_for("the jobs to move to b", Duration::from_secs(20), || {
         (jobs(&coord, "freeze")
@@ -215,14 +207,7 @@ fn killed_coordinator_restarts_and_the_sweep_completes_exactly_once() {
     let addr = coord.addr.clone();
     let _agents: Vec<Agent> = ["a", "b"]
         .iter()
-        .map(|n| {
-            Agent::start(
-                &coord.url(),
-                n,
-                &dir.path().join(n),
-                &["--cpu", "--cpu-slots", "2", "--dataset", &dataset()],
-            )
-        })
+        .map(|n| cpu_agent(&coord.url(), n, dir.path()))
         .collect();
     coord.cli_ok(&["submit", &sweep(dir.path(), "crash", 8, "2", "")]);
     wait_for(
@@ -274,22 +259,12 @@ fn network_cut_longer_than_the_lease_is_survived() {
     let dir = tempfile::tempdir().unwrap();
     let coord = Coordinator::start_with(&dir.path().join("data"), "127.0.0.1:0", &[], FAST_LEASE);
     let proxy = Proxy::start(&coord.addr);
-    let a = Agent::start(
-        &proxy.url(),
-        "a",
-        &dir.path().join("a"),
-        &["--cpu", "--cpu-slots", "2", "--dataset", &dataset()],
-    );
+    let a = cpu_agent(&proxy.url(), "a", dir.path());
     coord.cli_ok(&["submit", &sweep(dir.path(), "cut", 2, "6", "")]);
     wait_for("both jobs to run on a", Duration::from_secs(30), || {
         running_on(&coord, "cut", "a", 2).then_some(())
     });
-    let _b = Agent::start(
-        &coord.url(),
-        "b",
-        &dir.path().join("b"),
-        &["--cpu", "--cpu-slots", "2", "--dataset", &dataset()],
-    );
+    let _b = cpu_agent(&coord.url(), "b", dir.path());
     proxy.cut();
     wait_for("the jobs to move to b", Duration::from_secs(20), || {
         (jobs(&coord, "cut")
@@ -341,7 +316,7 @@ fn a_crashing_job_stops_after_its_retries_with_its_log_tail() {
         &coord.url(),
         "a",
         &dir.path().join("a"),
-        &["--cpu", "--dataset", &dataset()],
+        &["--cpu", "--dataset", &mnist_sketch_dataset()],
     );
     let path = dir.path().join("crash.yaml");
     std::fs::write(
@@ -394,7 +369,13 @@ fn an_agent_whose_jobs_fail_at_start_is_benched_not_the_queue() {
         &coord.url(),
         "b",
         &dir.path().join("b"),
-        &["--cpu", "--cpu-slots", "3", "--dataset", &dataset()],
+        &[
+            "--cpu",
+            "--cpu-slots",
+            "3",
+            "--dataset",
+            &mnist_sketch_dataset(),
+        ],
         &[("PATH", "/nonexistent")],
     );
     coord.cli_ok(&["submit", &sweep(dir.path(), "bench", 6, "0", "")]);
@@ -406,12 +387,7 @@ fn an_agent_whose_jobs_fail_at_start_is_benched_not_the_queue() {
             .filter(|r| !r.is_empty())
             .map(str::to_string)
     });
-    let _a = Agent::start(
-        &coord.url(),
-        "a",
-        &dir.path().join("a"),
-        &["--cpu", "--cpu-slots", "2", "--dataset", &dataset()],
-    );
+    let _a = cpu_agent(&coord.url(), "a", dir.path());
     wait_finished(&coord, "bench", 60);
     for j in jobs(&coord, "bench") {
         assert_eq!(j["state"], "succeeded", "{j}");
@@ -461,12 +437,7 @@ fn a_full_disk_fails_clearly_and_damages_nothing() {
     }
     let _unmount = Unmount(data.clone());
     let coord = Coordinator::start(&data, "127.0.0.1:0");
-    let a = Agent::start(
-        &coord.url(),
-        "a",
-        &dir.path().join("a"),
-        &["--cpu", "--cpu-slots", "2", "--dataset", &dataset()],
-    );
+    let a = cpu_agent(&coord.url(), "a", dir.path());
     coord.cli_ok(&["submit", &sweep(dir.path(), "first", 2, "0", "")]);
     wait_finished(&coord, "first", 60);
     let before = jobs(&coord, "first");

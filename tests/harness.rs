@@ -326,6 +326,11 @@ pub fn mnist_sketch() -> PathBuf {
     repo_root().join("../shared/datasets/mnist-sketch")
 }
 
+/// The agent flag value naming mnist-sketch: `mnist-sketch=PATH`.
+pub fn mnist_sketch_dataset() -> String {
+    format!("mnist-sketch={}", mnist_sketch().display())
+}
+
 /// Runs `coordinator --coordinator URL ARGS...`.
 pub fn cli(url: &str, args: &[&str]) -> Output {
     coordinator_cmd()

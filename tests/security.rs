@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use sweepfold_tests::{Agent, Coordinator, bin, grpcurl, mnist_sketch, repo_root, wait_for};
+use sweepfold_tests::{
+    Agent, Coordinator, bin, grpcurl, mnist_sketch_dataset, repo_root, wait_for,
+};
 
 fn sweep(name: &str) -> String {
     repo_root()
@@ -252,7 +254,7 @@ fn tls_tokens_owners_and_agent_credentials() {
         }
         env
     };
-    let dataset = format!("mnist-sketch={}", mnist_sketch().display());
+    let dataset = mnist_sketch_dataset();
     let spawn = |name: &str, token: &str, with_cert: bool| {
         let env = agent_env(token, with_cert);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -2,6 +2,8 @@
 //! the CLI and the real grpcurl.
 
 use serde_json::Value;
+use sweepfold_proto::v1 as pb;
+use sweepfold_tests::cluster::Cluster;
 use sweepfold_tests::{Coordinator, cli, grpcurl_ok, repo_root};
 
 fn contract_sweep() -> String {
@@ -30,11 +32,9 @@ fn job_rows(jobs: &Value) -> Vec<(i64, u64, u64, String, u64, Value)> {
 }
 
 #[test]
-fn submit_list_kill9_restart_keeps_every_job() {
+fn submit_prints_the_expansion_and_the_cli_lists_every_job() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut coord = Coordinator::start(&data, "127.0.0.1:0");
-
+    let coord = Coordinator::start(&dir.path().join("data"), "127.0.0.1:0");
     let out = coord.cli_ok(&["submit", &contract_sweep()]);
     assert!(
         out.contains(
@@ -42,8 +42,6 @@ fn submit_list_kill9_restart_keeps_every_job() {
         ),
         "{out}"
     );
-
-    // Through the CLI.
     let jobs = coord.cli_json(&["jobs", "resnet-lr-ls"]);
     let rows = job_rows(&jobs);
     assert_eq!(rows.len(), 20);
@@ -54,8 +52,13 @@ fn submit_list_kill9_restart_keeps_every_job() {
     assert_eq!(rows[0].5["lr"], 1e-4);
     assert_eq!(rows[19].5["label_smoothing"], 0.1);
     assert_eq!(jobs[0]["sweep_id"], 1);
+}
 
-    // Through grpcurl and server reflection.
+#[test]
+fn grpcurl_sees_every_service_through_reflection() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dir.path().join("data"), "127.0.0.1:0");
+    coord.cli_ok(&["submit", &contract_sweep()]);
     let services = grpcurl_ok(&coord.addr, &[], &["list"]);
     for s in [
         "sweepfold.v1.Coordinator",
@@ -79,10 +82,12 @@ fn submit_list_kill9_restart_keeps_every_job() {
     assert!(grpc_jobs.iter().all(|j| j["state"] == "JOB_STATE_QUEUED"));
     let health = grpcurl_ok(&coord.addr, &[], &["grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");
+}
 
-    // A state change before the crash: cancel nothing yet, but record the
-    // full job list to compare after the restart.
-    let before = job_rows(&jobs);
+#[test]
+fn an_unreachable_coordinator_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut coord = Coordinator::start(&dir.path().join("data"), "127.0.0.1:0");
     let addr = coord.addr.clone();
     coord.kill9();
     let unreachable = cli(&format!("http://{addr}"), &["sweeps"]);
@@ -90,14 +95,35 @@ fn submit_list_kill9_restart_keeps_every_job() {
     let stderr = String::from_utf8_lossy(&unreachable.stderr);
     assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
     assert!(stderr.contains("cannot reach the coordinator"), "{stderr}");
+}
 
-    let coord = Coordinator::start(&data, &addr);
-    let after = job_rows(&coord.cli_json(&["jobs", "1"]));
-    assert_eq!(before, after);
-    let sweeps = coord.cli_json(&["sweeps"]);
-    assert_eq!(sweeps.as_array().unwrap().len(), 1);
-    assert_eq!(sweeps[0]["owner"], "user1");
-    assert_eq!(sweeps[0]["jobs"], 20);
+#[test]
+fn every_queued_job_survives_a_kill9_of_the_coordinator() {
+    let mut cluster = Cluster::builder().start();
+    let yaml = std::fs::read_to_string(contract_sweep()).unwrap();
+    let sweep = cluster.submit(&yaml).unwrap();
+    assert_eq!((sweep.id, sweep.jobs_total), (1, 20));
+    let before = cluster.jobs("resnet-lr-ls");
+    assert_eq!(before.len(), 20);
+
+    cluster.restart_coordinator();
+
+    assert_eq!(
+        cluster.jobs("1"),
+        before,
+        "the same jobs, states and attempts"
+    );
+    let mut client = cluster.client();
+    let sweeps = cluster
+        .block_on(client.list_sweeps(pb::ListSweepsRequest::default()))
+        .unwrap()
+        .into_inner()
+        .sweeps;
+    assert_eq!(sweeps.len(), 1);
+    assert_eq!(
+        (sweeps[0].owner.as_str(), sweeps[0].jobs_total),
+        ("user1", 20)
+    );
 }
 
 #[test]

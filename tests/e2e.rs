@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sweepfold_tests::{Agent, Coordinator, mnist_sketch, mnist_sketch_dataset, wait_for};
+use sweepfold_tests::{
+    Agent, Coordinator, mnist_sketch, mnist_sketch_dataset, mnist_sketch_rows, wait_for,
+};
 
 const SWEEP: &str = r#"name: e2e
 kfold: {folds: 3, seed: 42}
@@ -72,9 +74,13 @@ fn train_rank_ensemble_submit_report() {
     );
     let best = entries[0]["oof_accuracy"].as_f64().unwrap();
     assert!(best >= entries[1]["oof_accuracy"].as_f64().unwrap());
-    // Two epochs of a small CNN on 4,000 rows per fold: well above chance (0.1).
-    assert!(best > 0.8, "best OOF accuracy {best}");
-    assert_eq!(board["train_rows"], 6000);
+    // Two epochs of a small CNN, well above chance (0.1): on the shared set
+    // (4,800 training rows per fold) above 0.8; on the repository's mini
+    // set of a plain clone (1,600 per fold) 0.53 was measured.
+    let (train_rows, test_rows) = mnist_sketch_rows();
+    let floor = if train_rows >= 6000 { 0.8 } else { 0.4 };
+    assert!(best > floor, "best OOF accuracy {best}");
+    assert_eq!(board["train_rows"], train_rows);
 
     // Every method reports its OOF accuracy; greedy selection never falls
     // below the best member.
@@ -110,7 +116,7 @@ fn train_rank_ensemble_submit_report() {
     assert_eq!(lines.next(), Some("ID,image_path,target"));
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), expected.len());
-    assert_eq!(rows.len(), 4000);
+    assert_eq!(rows.len(), test_rows);
     for (i, (row, path)) in rows.iter().zip(&expected).enumerate() {
         let f: Vec<&str> = row.split(',').collect();
         assert_eq!(f[0], i.to_string());
@@ -129,7 +135,7 @@ fn train_rank_ensemble_submit_report() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "(4000, 10) True"
+        format!("({test_rows}, 10) True")
     );
 
     // The report is one self-contained file.
@@ -180,5 +186,5 @@ fn train_rank_ensemble_submit_report() {
         "{err}"
     );
     let summary: Value = summary;
-    assert!(summary["ensemble"]["oof_accuracy"].as_f64().unwrap() > 0.8);
+    assert!(summary["ensemble"]["oof_accuracy"].as_f64().unwrap() > floor);
 }

@@ -2,6 +2,8 @@
 //! starts them as real processes on free ports, polls for readiness (never
 //! sleeps for a fixed time), and kills them when dropped.
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -318,12 +320,17 @@ impl Drop for Agent {
     }
 }
 
-/// The shared mnist-sketch dataset (`SWEEPFOLD_MNIST_SKETCH` overrides).
+/// The mnist-sketch data set: the team's shared copy when it is beside the
+/// repository, else the repository's own small one (see
+/// `sweepfold_common::mnist_sketch_dir`).
 pub fn mnist_sketch() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SWEEPFOLD_MNIST_SKETCH") {
-        return dir.into();
-    }
-    repo_root().join("../shared/datasets/mnist-sketch")
+    sweepfold_common::mnist_sketch_dir()
+}
+
+/// Rows of the data set's train.csv and test.csv.
+pub fn mnist_sketch_rows() -> (usize, usize) {
+    let index = sweepfold_common::dataset::DatasetIndex::load(&mnist_sketch()).unwrap();
+    (index.train.len(), index.test.len())
 }
 
 /// The agent flag value naming mnist-sketch: `mnist-sketch=PATH`.

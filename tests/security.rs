@@ -93,8 +93,29 @@ fn grpcurl_tls(ca: &Path, addr: &str, flags: &[&str], args: &[&str]) -> Output {
         .expect("run grpcurl")
 }
 
-#[test]
-fn tls_tokens_owners_and_agent_credentials() {
+/// Certificates from `certs init`, four tokens (ann, bob, lead the admin,
+/// box1 the agent) and, once served, a coordinator with TLS, client
+/// certificates for agents and tokens required.
+struct Secured {
+    dir: tempfile::TempDir,
+    certs: PathBuf,
+    data: PathBuf,
+    ca: PathBuf,
+    ann: String,
+    bob: String,
+    lead: String,
+    agent_token: String,
+}
+
+/// A secured coordinator running, and the CLI as its users see it.
+struct Served {
+    s: Secured,
+    _coord: Coordinator,
+    port: String,
+    user: User,
+}
+
+fn credentials() -> Secured {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     let data = dir.path().join("data");
@@ -115,6 +136,60 @@ fn tls_tokens_owners_and_agent_credentials() {
     let bob = create_token(&data, "bob", &[]);
     let lead = create_token(&data, "lead", &["--admin"]);
     let agent_token = create_token(&data, "box1", &["--agent"]);
+    Secured {
+        ca: certs.join("ca.pem"),
+        dir,
+        certs,
+        data,
+        ann,
+        bob,
+        lead,
+        agent_token,
+    }
+}
+
+impl Secured {
+    fn serve(self) -> Served {
+        let (dir, certs, data) = (&self.dir, &self.certs, &self.data);
+        let config = dir.path().join("coordinator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[tls]\ncert = \"{c}/coordinator.pem\"\nkey = \"{c}/coordinator.key\"\nclient_ca = \"{c}/ca.pem\"\nrequire_agent_cert = true\n[auth]\nrequire_tokens = true\n",
+                c = certs.display()
+            ),
+        )
+        .unwrap();
+        let coord = Coordinator::start_with(
+            data,
+            "127.0.0.1:0",
+            &["--config", config.to_str().unwrap()],
+            &[],
+        );
+        assert!(
+            coord.log.contains("tls=true tokens=true"),
+            "{}",
+            coord.log.all()
+        );
+        let port = coord.addr.rsplit(':').next().unwrap().to_string();
+        let user = User {
+            url: format!("https://localhost:{port}"),
+            ca: self.ca.clone(),
+        };
+        Served {
+            _coord: coord,
+            port,
+            user,
+            s: self,
+        }
+    }
+}
+
+/// `token list` names tokens and kinds; the store keeps only hashes.
+#[test]
+fn tokens_are_listed_but_never_shown_or_stored_in_clear() {
+    let s = credentials();
+    let Secured { data, ann, .. } = &s;
     let listed = ok(coordinator_cmd(&[
         "token",
         "list",
@@ -125,40 +200,25 @@ fn tls_tokens_owners_and_agent_credentials() {
         listed.contains("lead") && listed.contains("admin") && listed.contains("agent"),
         "{listed}"
     );
-    assert!(!listed.contains(&ann), "token list never shows a token");
+    assert!(
+        !listed.contains(ann.as_str()),
+        "token list never shows a token"
+    );
     let db = std::fs::read(data.join("sweepfold.db")).unwrap();
     assert!(
         !db.windows(ann.len()).any(|w| w == ann.as_bytes()),
         "tokens are stored hashed"
     );
+}
 
-    let config = dir.path().join("coordinator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[tls]\ncert = \"{c}/coordinator.pem\"\nkey = \"{c}/coordinator.key\"\nclient_ca = \"{c}/ca.pem\"\nrequire_agent_cert = true\n[auth]\nrequire_tokens = true\n",
-            c = certs.display()
-        ),
-    )
-    .unwrap();
-    let coord = Coordinator::start_with(
-        &data,
-        "127.0.0.1:0",
-        &["--config", config.to_str().unwrap()],
-        &[],
-    );
-    assert!(
-        coord.log.contains("tls=true tokens=true"),
-        "{}",
-        coord.log.all()
-    );
-    let port = coord.addr.rsplit(':').next().unwrap().to_string();
-    let ca = certs.join("ca.pem");
-    let user = User {
-        url: format!("https://localhost:{port}"),
-        ca: ca.clone(),
-    };
-
+/// Reading is open by default; writing needs a user token, which names the owner.
+#[test]
+fn writes_need_a_user_token_and_the_token_names_the_owner() {
+    let served = credentials().serve();
+    let Served { s, user, .. } = &served;
+    let Secured {
+        ann, agent_token, ..
+    } = &s;
     // Reading is open by default; writing needs a user token.
     ok(user.run(None, &["sweeps"]));
     let e = err(user.run(None, &["submit", &sweep("logreg-command.yaml")]));
@@ -169,26 +229,40 @@ fn tls_tokens_owners_and_agent_credentials() {
     ));
     assert!(e.contains("unknown or revoked token"), "{e}");
     let e = err(user.run(
-        Some(&agent_token),
+        Some(agent_token),
         &["submit", &sweep("logreg-command.yaml")],
     ));
     assert!(e.contains("is an agent token"), "{e}");
 
     // The token names the owner; a sweep file claiming another owner is refused.
-    ok(user.run(Some(&ann), &["submit", &sweep("logreg-command.yaml")]));
-    let e = err(user.run(Some(&ann), &["submit", &sweep("resnet-lr-ls.yaml")]));
+    ok(user.run(Some(ann), &["submit", &sweep("logreg-command.yaml")]));
+    let e = err(user.run(Some(ann), &["submit", &sweep("resnet-lr-ls.yaml")]));
     assert!(e.contains("user1"), "{e}");
     let sweeps = ok(user.run(None, &["sweeps", "--json"]));
     let sweeps: serde_json::Value = serde_json::from_str(&sweeps).unwrap();
     assert_eq!(sweeps[0]["owner"], "ann", "{sweeps}");
+}
 
+/// Only the owner or an admin may cancel.
+#[test]
+fn only_the_owner_or_an_admin_cancels() {
+    let served = credentials().serve();
+    let Served { s, user, .. } = &served;
+    let Secured { ann, bob, lead, .. } = &s;
+    ok(user.run(Some(ann), &["submit", &sweep("logreg-command.yaml")]));
     // Only the owner or an admin may cancel.
-    let e = err(user.run(Some(&bob), &["cancel", "logreg-example"]));
+    let e = err(user.run(Some(bob), &["cancel", "logreg-example"]));
     assert!(e.contains("only `ann` or an admin may cancel it"), "{e}");
-    ok(user.run(Some(&ann), &["submit", &sweep("demo.yaml")]));
-    ok(user.run(Some(&lead), &["cancel", "demo"]));
-    ok(user.run(Some(&ann), &["cancel", "logreg-example"]));
+    ok(user.run(Some(ann), &["submit", &sweep("demo.yaml")]));
+    ok(user.run(Some(lead), &["cancel", "demo"]));
+    ok(user.run(Some(ann), &["cancel", "logreg-example"]));
+}
 
+/// Plain HTTP to a TLS port, and TLS without the CA, fail with a line that says what to do.
+#[test]
+fn plain_http_or_tls_without_the_ca_fail_clearly() {
+    let served = credentials().serve();
+    let Served { port, .. } = &served;
     // Plain HTTP to a TLS port, and TLS without the CA, fail clearly.
     let e = err(coordinator_cmd(&[
         "--coordinator",
@@ -205,14 +279,22 @@ fn tls_tokens_owners_and_agent_credentials() {
         "sweeps",
     ]));
     assert!(e.contains("--ca-cert"), "{e}");
+}
 
+/// grpcurl with `-cacert`; a write needs `-H authorization`.
+#[test]
+fn grpcurl_reflects_over_tls_and_a_write_needs_the_bearer_header() {
+    let served = credentials().serve();
+    let Served { s, port, user, .. } = &served;
+    let Secured { ca, ann, .. } = &s;
+    ok(user.run(Some(ann), &["submit", &sweep("logreg-command.yaml")]));
     // grpcurl: reflection over TLS; a write needs the bearer header.
     let addr = format!("localhost:{port}");
-    let listed = ok(grpcurl_tls(&ca, &addr, &[], &["list"]));
+    let listed = ok(grpcurl_tls(ca, &addr, &[], &["list"]));
     assert!(listed.contains("sweepfold.v1.Coordinator"), "{listed}");
     let body = r#"{"sweep": "logreg-example"}"#;
     let denied = grpcurl_tls(
-        &ca,
+        ca,
         &addr,
         &["-d", body],
         &["sweepfold.v1.Coordinator/CancelSweep"],
@@ -224,13 +306,29 @@ fn tls_tokens_owners_and_agent_credentials() {
     );
     let header = format!("authorization: Bearer {ann}");
     let cancelled = ok(grpcurl_tls(
-        &ca,
+        ca,
         &addr,
         &["-H", &header, "-d", body],
         &["sweepfold.v1.Coordinator/CancelSweep"],
     ));
     assert!(cancelled.contains("logreg-example"), "{cancelled}");
+}
 
+/// Agents need both credentials; jobs then run and upload over TLS, and a revoked token stops working on the running server.
+#[test]
+fn agents_need_an_agent_token_and_a_client_certificate() {
+    let served = credentials().serve();
+    let Served { s, user, .. } = &served;
+    let Secured {
+        dir,
+        certs,
+        data,
+        ca,
+        ann,
+        bob,
+        agent_token,
+        ..
+    } = &s;
     // Agents: a token and a client certificate are both needed, and a user
     // token is refused at the gateway.
     let url = user.url.clone();
@@ -267,9 +365,9 @@ fn tls_tokens_owners_and_agent_credentials() {
         )
     };
     let refused = [
-        (spawn("nocert", &agent_token, false), "client certificate"),
+        (spawn("nocert", agent_token, false), "client certificate"),
         (
-            spawn("usertoken", &ann, true),
+            spawn("usertoken", ann, true),
             "only agent tokens may use the agent gateway",
         ),
         (
@@ -285,7 +383,7 @@ fn tls_tokens_owners_and_agent_credentials() {
         );
         assert!(!agent.log.contains("registered with the coordinator"));
     }
-    let good = spawn("box1", &agent_token, true);
+    let good = spawn("box1", agent_token, true);
     wait_for("box1 to register", Duration::from_secs(30), || {
         good.log
             .contains("registered with the coordinator")
@@ -316,7 +414,7 @@ command: ["python3", "examples/train_example.py", "--model", "prior", "--epochs"
 "#,
     )
     .unwrap();
-    ok(user.run(Some(&ann), &["submit", prior.to_str().unwrap()]));
+    ok(user.run(Some(ann), &["submit", prior.to_str().unwrap()]));
     let first_job = wait_for(
         "the sweep to finish over TLS",
         Duration::from_secs(120),
@@ -351,7 +449,7 @@ command: ["python3", "examples/train_example.py", "--model", "prior", "--epochs"
         data.to_str().unwrap(),
     ]));
     wait_for("bob's token to be refused", Duration::from_secs(20), || {
-        let out = user.run(Some(&bob), &["submit", &sweep("demo.yaml")]);
+        let out = user.run(Some(bob), &["submit", &sweep("demo.yaml")]);
         (!out.status.success()).then(|| {
             let e = String::from_utf8_lossy(&out.stderr).to_string();
             assert!(e.contains("unknown or revoked token"), "{e}");

@@ -104,6 +104,7 @@ impl Agent {
             running: self.jobs.running_jobs(),
             missed_updates: self.jobs.take_for_hello(),
             cpu_slots: self.cfg.cpu_slots,
+            spec_version: sweepfold_common::contract::SPEC_VERSION,
         }
     }
 

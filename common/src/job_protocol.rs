@@ -24,11 +24,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::sweep::JobSpec;
+use crate::contract::JobSpec;
 
 pub const JOB_FILE: &str = "job.json";
 pub const TRAIN_INDICES: &str = "train_indices.npy";
 pub const VAL_INDICES: &str = "val_indices.npy";
+/// int64 targets of the validation rows (written by the agent, uploaded).
+pub const VAL_TARGETS: &str = "val_targets.npy";
 pub const OUTPUT_DIR: &str = "output";
 pub const LOG_FILE: &str = "log.txt";
 pub const VAL_LOGITS: &str = "val_logits.npy";

@@ -33,7 +33,7 @@ pub const BUILTIN_MODELS: &[&str] = &[
 pub const TORCHSCRIPT_PREFIX: &str = "torchscript:";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct TrainerConfig {
     /// A name from [`BUILTIN_MODELS`] or `torchscript:/path/model.pt`.
     pub model: String,
@@ -166,7 +166,7 @@ pub enum TtaView {
 
 /// Deterministic preprocessing, applied once per image and cached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct PreprocessConfig {
     /// Convert to grey when the channels barely differ.
     pub greyscale: bool,
@@ -199,7 +199,7 @@ impl Default for PreprocessConfig {
 /// Random augmentation of training batches, run on the device. Each entry
 /// has a probability `p` (per image) and its own strength; `p: 0` turns it off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct AugmentConfig {
     pub hflip: Flip,
     /// Rotation by up to +/- `degrees`.
@@ -306,20 +306,17 @@ impl AugmentConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Flip {
     pub p: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Rotate {
     pub p: f64,
     pub degrees: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Affine {
     pub p: f64,
     /// Maximum shift as a fraction of the image side.
@@ -331,7 +328,6 @@ pub struct Affine {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Morph {
     pub p: f64,
     /// Odd kernel size in pixels.
@@ -339,7 +335,6 @@ pub struct Morph {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Noise {
     pub p: f64,
     /// Standard deviation in units of the full pixel range (0-1).
@@ -347,7 +342,6 @@ pub struct Noise {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MotionBlur {
     pub p: f64,
     /// Odd kernel length in pixels.
@@ -355,7 +349,6 @@ pub struct MotionBlur {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CoarseDropout {
     pub p: f64,
     pub holes: u32,
@@ -364,7 +357,6 @@ pub struct CoarseDropout {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BrightnessContrast {
     pub p: f64,
     pub brightness: f64,
@@ -372,7 +364,6 @@ pub struct BrightnessContrast {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Elastic {
     pub p: f64,
     /// Displacement strength as a fraction of the image side.
@@ -382,7 +373,6 @@ pub struct Elastic {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TextStamp {
     pub p: f64,
     pub opacity_min: f64,

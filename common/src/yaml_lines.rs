@@ -13,18 +13,39 @@ pub struct KeyLines {
     lines: HashMap<String, usize>,
 }
 
+/// Why a document does not parse, where: the line, the key path of the
+/// collection being read, and yaml_rust2's words (without a location).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub line: usize,
+    pub path: String,
+    pub message: String,
+}
+
 impl KeyLines {
-    /// Indexes `src`. A document that does not parse yields an empty index
-    /// (the deserialiser reports the syntax error with its own location).
+    /// Indexes `src`. A document that does not parse yields an empty index.
     pub fn new(src: &str) -> Self {
+        Self::parse(src).unwrap_or_default()
+    }
+
+    /// Indexes `src`, or says where and why it does not parse.
+    pub fn parse(src: &str) -> Result<Self, SyntaxError> {
         let mut walker = Walker::default();
         let mut parser = Parser::new_from_str(src);
-        if parser.load(&mut walker, false).is_err() {
-            return KeyLines::default();
+        if let Err(e) = parser.load(&mut walker, false) {
+            let path = match walker.stack.last() {
+                Some(Frame::Map { path, .. } | Frame::Seq { path, .. }) => path.clone(),
+                None => String::new(),
+            };
+            return Err(SyntaxError {
+                line: e.marker().line(),
+                path,
+                message: e.info().to_string(),
+            });
         }
-        KeyLines {
+        Ok(KeyLines {
             lines: walker.lines,
-        }
+        })
     }
 
     /// The line of `path`, or of its longest prefix that has one.
@@ -154,5 +175,17 @@ mod tests {
     fn broken_yaml_gives_empty_index() {
         let k = KeyLines::new("a: [1, 2\nb: 3");
         assert_eq!(k.line_of("b"), None);
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line_and_the_collection_being_read() {
+        let e = KeyLines::parse("name: x\nparameters:\n  lr: {values: [1, 2}\n").unwrap_err();
+        assert_eq!((e.line, e.path.as_str()), (3, "parameters.lr.values"));
+        assert!(e.message.contains("flow sequence"), "{}", e.message);
+        assert!(
+            !e.message.contains("line"),
+            "no location in the words: {}",
+            e.message
+        );
     }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use coordinator::scheduler::{Device, DeviceKind, PendingJob, Policy, Snapshot, plan};
+use coordinator::scheduler::plan::{Device, DeviceKind, PendingJob, Policy, Snapshot, plan};
 use sweepfold_common::{Bytes, JobId, SweepId};
 
 /// One model of the team's list. Figures for a V100 32 GB, fp16, 15,021
@@ -193,6 +193,7 @@ fn simulate(jobs: &[Job], policy: Policy, max_jobs_per_gpu: u32, longest_first: 
                     dataset: "sketch".into(),
                     estimate: Some(j.memory),
                     avoid_agent: None,
+                    refused_by: Vec::new(),
                 })
                 .collect(),
             owner_usage: BTreeMap::new(),

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
 
-use coordinator::scheduler::{Device, DeviceKind, PendingJob, Policy, Snapshot, plan};
+use coordinator::scheduler::plan::{Device, DeviceKind, PendingJob, Policy, Snapshot, plan};
 use criterion::{Criterion, criterion_group, criterion_main};
 use sweepfold_common::{Bytes, JobId, SweepId};
 
@@ -34,6 +34,7 @@ fn snapshot(pending: usize, gpus: usize, policy: Policy) -> Snapshot {
                 dataset: "sketch".into(),
                 estimate: Some(Bytes::from_gib(4 + (i % 5) as u64 * 3)),
                 avoid_agent: None,
+                refused_by: Vec::new(),
             })
             .collect(),
         owner_usage: BTreeMap::new(),

@@ -17,20 +17,14 @@ use sweepfold_common::npy::{Dtype, NpyArray, parse};
 use crate::error::{Error, Result};
 use crate::store::DatasetRecord;
 
-/// The roles of a job's output files.
+/// The roles of a job's output files, as the contract names them.
 pub mod role {
-    pub const VAL_LOGITS: &str = "val_logits";
-    pub const VAL_INDICES: &str = "val_indices";
-    pub const VAL_TARGETS: &str = "val_targets";
-    pub const TEST_LOGITS: &str = "test_logits";
-    pub const TEST_PATHS: &str = "test_paths";
-    pub const ALL: [&str; 5] = [
-        VAL_LOGITS,
-        VAL_INDICES,
-        VAL_TARGETS,
-        TEST_LOGITS,
-        TEST_PATHS,
-    ];
+    use sweepfold_common::OutputRole as R;
+    pub const VAL_LOGITS: &str = R::ValLogits.as_str();
+    pub const VAL_INDICES: &str = R::ValIndices.as_str();
+    pub const VAL_TARGETS: &str = R::ValTargets.as_str();
+    pub const TEST_LOGITS: &str = R::TestLogits.as_str();
+    pub const TEST_PATHS: &str = R::TestPaths.as_str();
 }
 
 fn extension(role: &str) -> &'static str {
@@ -300,7 +294,7 @@ pub fn verify(
 pub fn cross_check(
     shapes: &std::collections::HashMap<String, Vec<u64>>,
 ) -> std::result::Result<(), String> {
-    for r in role::ALL {
+    for r in sweepfold_common::OutputRole::ALL.map(sweepfold_common::OutputRole::as_str) {
         if !shapes.contains_key(r) {
             return Err(format!("output `{r}` was not uploaded"));
         }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sweepfold_common::Bytes;
 use sweepfold_common::settings::{EnvSource, SettingsError, load_layered};
 
-use crate::scheduler::Policy;
+use crate::scheduler::plan::Policy;
 
 /// Prefix of the coordinator's environment variables, e.g.
 /// `SWEEPFOLD_COORDINATOR_LISTEN=0.0.0.0:7070`.

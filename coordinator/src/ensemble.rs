@@ -17,43 +17,8 @@
 //!   add (with replacement) the member that most improves OOF accuracy,
 //!   stop when none does; weights are the selection counts.
 
-use std::fmt;
-
-/// How members are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Soft,
-    Hard,
-    Weighted,
-    Greedy,
-}
-
-impl Method {
-    pub fn parse(s: &str) -> Option<Method> {
-        Some(match s {
-            "soft" => Method::Soft,
-            "hard" => Method::Hard,
-            "weighted" => Method::Weighted,
-            "greedy" => Method::Greedy,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Soft => "soft",
-            Method::Hard => "hard",
-            Method::Weighted => "weighted",
-            Method::Greedy => "greedy",
-        }
-    }
-}
-
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How members are combined (defined with the rest of the contract).
+pub use sweepfold_common::EnsembleMethod as Method;
 
 /// Row-major probabilities `[rows, classes]`.
 #[derive(Debug, Clone, PartialEq)]

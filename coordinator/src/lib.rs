@@ -1,27 +1,40 @@
-//! The sweepfold coordinator: durable sweep queue, gRPC API and CLI.
+//! The sweepfold coordinator: the durable sweep queue, the scheduler, the
+//! results, and the gRPC API. Modules form layers, each using only those
+//! below it (CI checks that no two modules import each other in a circle):
+//!
+//! - leaves, which know nothing of the state: `agent_messages` (what agents
+//!   send, as domain types), `error`, `config`, `store`,
+//!   `blobs`, `ensemble` (the arithmetic), `oof` (out-of-fold assembly),
+//!   `report` (rendering), `validate`, `scheduler::plan` (the pure planner),
+//!   `auth`, `certs`;
+//! - `state`: the core behind its lock and the cloneable handle;
+//! - features, each adding operations to the handle: `sweeps`, `sessions`,
+//!   `job_updates`, `scheduler` (the loop), `results`;
+//! - `api`: the gRPC services and the conversions between domain records
+//!   and protocol messages; the only layer that names protocol types.
 //!
 //! Architecture invariant: this crate never links libtorch or NVML; it
 //! builds and runs on a machine without a GPU.
 
-pub mod agents;
+pub mod agent_messages;
+pub mod api;
 pub mod auth;
 pub mod blobs;
 pub mod certs;
-pub mod cli;
 pub mod config;
-pub mod convert;
-pub mod core;
 pub mod ensemble;
 pub mod error;
-pub mod gateway;
-pub mod grpc;
+pub mod job_updates;
+pub mod oof;
 pub mod report;
 pub mod results;
 pub mod scheduler;
-pub mod scheduling;
-pub mod server;
+pub mod sessions;
+pub mod state;
 pub mod store;
+pub mod sweeps;
 pub mod validate;
 
-pub use crate::core::CoordinatorHandle;
+pub use api::server;
 pub use error::{Error, Result};
+pub use state::CoordinatorHandle;

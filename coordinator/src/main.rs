@@ -1,17 +1,16 @@
-//! `coordinator`: the server (`serve`) and the user CLI (everything else).
+//! `coordinator`: the server (`serve`, and `token` and `certs` on its own
+//! files) and the user commands of the `sweepfold-cli` crate.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use coordinator::cli::{self, DEFAULT_COORDINATOR};
 use coordinator::config::{CoordinatorConfig, Flags};
 use coordinator::store::TokenKind;
 use coordinator::{CoordinatorHandle, server};
-use sweepfold_common::JobState;
+use sweepfold_cli::{DEFAULT_COORDINATOR, outln};
 use sweepfold_common::settings::EnvSource;
-use sweepfold_common::sweep::Limits;
 
 #[derive(Parser)]
 #[command(
@@ -66,103 +65,9 @@ enum Command {
         #[command(subcommand)]
         action: CertsAction,
     },
-    /// Validate a sweep file and queue its jobs.
-    Submit {
-        file: PathBuf,
-        /// Print the expansion (configurations x folds) and submit nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Follow the sweep with a progress bar until it ends.
-        #[arg(long)]
-        watch: bool,
-        /// Cap on jobs for --dry-run (the server applies its own).
-        #[arg(long, default_value_t = sweepfold_common::sweep::DEFAULT_MAX_JOBS)]
-        max_jobs: u64,
-        #[arg(long)]
-        json: bool,
-    },
-    /// List sweeps, newest first.
-    Sweeps {
-        #[arg(long)]
-        owner: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one sweep and its configurations.
-    Sweep {
-        /// Sweep id or name.
-        sweep: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the jobs of a sweep.
-    Jobs {
-        /// Sweep id or name.
-        sweep: String,
-        /// Only jobs in this state (queued, assigned, running, succeeded, failed, cancelled).
-        #[arg(long, value_parser = parse_state)]
-        state: Option<JobState>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one job: history, metrics, log tail.
-    Job {
-        id: i64,
-        #[arg(long)]
-        json: bool,
-    },
-    /// List agents and their GPUs.
-    Agents {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Cancel a sweep's queued and running jobs.
-    Cancel {
-        /// Sweep id or name.
-        sweep: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Follow a sweep until it ends.
-    Watch {
-        /// Sweep id or name.
-        sweep: String,
-    },
-    /// Rank configurations by out-of-fold accuracy.
-    Leaderboard {
-        /// Sweep ids or names (default: the newest sweep).
-        sweeps: Vec<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Combine complete configurations into a submission.
-    Ensemble {
-        /// Sweeps (all their complete configurations) or SWEEP:INDEX.
-        #[arg(required = true)]
-        members: Vec<String>,
-        /// soft, hard, weighted or greedy.
-        #[arg(long, default_value = "soft")]
-        method: String,
-        /// The submission CSV to write.
-        #[arg(long, default_value = "submission.csv")]
-        out: PathBuf,
-        /// Where to write the test probabilities (default: next to --out).
-        #[arg(long)]
-        probabilities: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Write a self-contained HTML report.
-    Report {
-        /// Sweep ids or names.
-        #[arg(required = true)]
-        sweeps: Vec<String>,
-        /// Ensemble method shown in the report.
-        #[arg(long, default_value = "soft")]
-        method: String,
-        #[arg(long, default_value = "report.html")]
-        out: PathBuf,
-    },
+    /// The user commands (submit, sweeps, jobs, leaderboard, ...).
+    #[command(flatten)]
+    User(sweepfold_cli::Command),
 }
 
 #[derive(Subcommand)]
@@ -199,15 +104,6 @@ enum CertsAction {
         #[arg(long = "agent")]
         agents: Vec<String>,
     },
-}
-
-fn parse_state(s: &str) -> Result<JobState, String> {
-    JobState::parse(s).ok_or_else(|| {
-        format!(
-            "unknown state `{s}`; expected one of {}",
-            JobState::ALL.map(JobState::as_str).join(", ")
-        )
-    })
 }
 
 fn init_logging(default: &str) {
@@ -290,21 +186,21 @@ fn token_command(
             } else {
                 TokenKind::User
             };
-            let token = store.create_token(&name, kind, admin, coordinator::core::now_ms())?;
+            let token = store.create_token(&name, kind, admin, coordinator::state::now_ms())?;
             eprintln!(
                 "created {} token `{name}`{}; it is shown once, store it now:",
                 kind.as_str(),
                 if admin { " (admin)" } else { "" }
             );
-            coordinator::outln!("{token}");
+            outln!("{token}");
         }
         TokenAction::List => {
             let tokens = store.tokens()?;
             if tokens.is_empty() {
-                coordinator::outln!("no tokens in {}", cfg.data_dir.display());
+                outln!("no tokens in {}", cfg.data_dir.display());
             }
             for t in tokens {
-                coordinator::outln!(
+                outln!(
                     "{:<24} {:<6}{}",
                     t.name,
                     t.kind.as_str(),
@@ -316,16 +212,14 @@ fn token_command(
             if !store.revoke_token(&name)? {
                 anyhow::bail!("no token named `{name}` in {}", cfg.data_dir.display());
             }
-            coordinator::outln!(
-                "revoked `{name}` (a running coordinator stops accepting it within 10 s)"
-            );
+            outln!("revoked `{name}` (a running coordinator stops accepting it within 10 s)");
         }
     }
     Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let target = cli::Target {
+    let target = sweepfold_cli::Target {
         url: cli.coordinator,
         token: cli.token,
         ca_cert: cli.ca_cert,
@@ -356,76 +250,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             action: CertsAction::Init { out, hosts, agents },
         } => {
             for path in coordinator::certs::init(&out, &hosts, &agents)? {
-                coordinator::outln!("wrote {}", path.display());
+                outln!("wrote {}", path.display());
             }
             Ok(())
         }
-        Command::Submit {
-            file,
-            dry_run,
-            watch,
-            max_jobs,
-            json,
-        } => {
-            let (text, name, sweep) = cli::read_sweep_file(&file, Limits { max_jobs })?;
-            if dry_run {
-                return cli::print_dry_run(&sweep, json);
-            }
-            let mut client = cli::connect(&target).await?;
-            let submitted = cli::submit(&mut client, text, name, json).await?;
-            if watch {
-                cli::watch(&mut client, submitted.id.to_string()).await?;
-            }
-            Ok(())
-        }
-        Command::Sweeps { owner, json } => {
-            cli::sweeps(&mut cli::connect(&target).await?, owner, json).await
-        }
-        Command::Sweep { sweep, json } => {
-            cli::sweep(&mut cli::connect(&target).await?, sweep, json).await
-        }
-        Command::Jobs { sweep, state, json } => {
-            cli::jobs(&mut cli::connect(&target).await?, sweep, state, json).await
-        }
-        Command::Job { id, json } => cli::job(&mut cli::connect(&target).await?, id, json).await,
-        Command::Agents { json } => cli::agents(&mut cli::connect(&target).await?, json).await,
-        Command::Cancel { sweep, json } => {
-            cli::cancel(&mut cli::connect(&target).await?, sweep, json).await
-        }
-        Command::Watch { sweep } => cli::watch(&mut cli::connect(&target).await?, sweep)
-            .await
-            .map(|_| ()),
-        Command::Leaderboard { sweeps, json } => {
-            let mut client = cli::connect(&target).await?;
-            let sweeps = if sweeps.is_empty() {
-                vec![cli::newest_sweep(&mut client).await?]
-            } else {
-                sweeps
-            };
-            cli::leaderboard(&mut client, sweeps, json).await
-        }
-        Command::Ensemble {
-            members,
-            method,
-            out,
-            probabilities,
-            json,
-        } => {
-            cli::ensemble(
-                &mut cli::connect(&target).await?,
-                members,
-                method,
-                &out,
-                probabilities.as_deref(),
-                json,
-            )
-            .await
-        }
-        Command::Report {
-            sweeps,
-            method,
-            out,
-        } => cli::report(&mut cli::connect(&target).await?, sweeps, method, &out).await,
+        Command::User(command) => sweepfold_cli::run(&target, command).await,
     }
 }
 

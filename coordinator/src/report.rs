@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use crate::ensemble::{self, Outcome};
-use crate::results::{ConfigResult, Loaded};
+use crate::oof::{ConfigResult, Loaded};
 use crate::store::CurvePoint;
 
 /// A categorical palette that stays readable for many series.
@@ -350,7 +350,7 @@ svg .t{{font-size:13px;font-weight:600}} svg .a{{font-size:11px;fill:#444}} .not
         html.push_str("</table>");
     }
     html.push_str(r#"<h2>Leaderboard</h2><table><tr><th>rank</th><th class="l">configuration</th><th class="l">parameters</th><th>OOF accuracy</th><th>fold accuracy</th><th>folds</th><th>epochs</th><th>GPU time</th></tr>"#);
-    for i in crate::results::display_order(&loaded.results) {
+    for i in crate::oof::display_order(&loaded.results) {
         leaderboard_row(&mut html, &loaded.results[i]);
     }
     html.push_str("</table>");

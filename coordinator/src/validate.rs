@@ -6,8 +6,7 @@
 //! end-of-job reports are clamped to what is physically possible instead,
 //! because refusing them would lose a lease or a finished result.
 
-use sweepfold_proto::v1 as pb;
-
+use crate::agent_messages::{EpochMetrics, GpuReading, Heartbeat, Hello, JobFinished};
 use crate::error::{Error, Result};
 
 /// More memory than any single accelerator has (1 PiB).
@@ -28,7 +27,7 @@ pub const MAX_LOG_TAIL: usize = 64 * 1024;
 pub const MAX_ERROR: usize = 4 * 1024;
 
 /// Refuses a registration with an absurd inventory; clamps GPU readings.
-pub fn hello(h: &mut pb::Hello) -> Result<()> {
+pub fn hello(h: &mut Hello) -> Result<()> {
     let name = &h.agent_name;
     if h.cpu_slots > MAX_CPU_SLOTS {
         return Err(Error::InvalidArgument(format!(
@@ -61,14 +60,14 @@ pub fn hello(h: &mut pb::Hello) -> Result<()> {
 
 /// Clamps heartbeat readings; a heartbeat is never refused (it keeps the
 /// agent's lease).
-pub fn heartbeat(hb: &mut pb::Heartbeat) {
+pub fn heartbeat(hb: &mut Heartbeat) {
     hb.gpus.truncate(MAX_GPUS);
     for g in &mut hb.gpus {
         clamp_reading(g);
     }
 }
 
-fn gpus(agent: &str, gpus: &[pb::GpuReading]) -> Result<()> {
+fn gpus(agent: &str, gpus: &[GpuReading]) -> Result<()> {
     if gpus.len() > MAX_GPUS {
         return Err(Error::InvalidArgument(format!(
             "agent `{agent}`: {} GPUs is absurd (at most {MAX_GPUS})",
@@ -88,7 +87,7 @@ fn gpus(agent: &str, gpus: &[pb::GpuReading]) -> Result<()> {
 
 /// No GPU has more than [`MAX_DEVICE_MEMORY`]; used and free memory cannot
 /// exceed the total.
-fn clamp_reading(g: &mut pb::GpuReading) {
+fn clamp_reading(g: &mut GpuReading) {
     g.total_memory_bytes = g.total_memory_bytes.min(MAX_DEVICE_MEMORY);
     g.used_memory_bytes = g.used_memory_bytes.min(g.total_memory_bytes);
     g.free_memory_bytes = g.free_memory_bytes.min(g.total_memory_bytes);
@@ -101,7 +100,7 @@ fn clamp_reading(g: &mut pb::GpuReading) {
 
 /// Refuses epoch metrics with impossible values. Losses may be NaN or
 /// infinite: that is what a diverged run reports, and users need to see it.
-pub fn epoch(job: i64, m: &pb::EpochMetrics) -> Result<()> {
+pub fn epoch(job: i64, m: &EpochMetrics) -> Result<()> {
     let bad = |what: String| {
         Err(Error::InvalidArgument(format!(
             "epoch metrics of job {job} epoch {}: {what}",
@@ -135,7 +134,7 @@ pub fn epoch(job: i64, m: &pb::EpochMetrics) -> Result<()> {
 /// Makes an end-of-attempt report safe to store: an impossible peak is
 /// treated as unknown, an impossible GPU time as zero, and long texts are
 /// cut. Returns what was corrected, for the log.
-pub fn finished(f: &mut pb::JobFinished) -> Vec<String> {
+pub fn finished(f: &mut JobFinished) -> Vec<String> {
     let mut fixed = Vec::new();
     if f.peak_gpu_memory_bytes > MAX_DEVICE_MEMORY {
         fixed.push(format!(
@@ -170,8 +169,8 @@ pub fn finished(f: &mut pb::JobFinished) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn gpu(total: u64, used: u64, free: u64) -> pb::GpuReading {
-        pb::GpuReading {
+    fn gpu(total: u64, used: u64, free: u64) -> GpuReading {
+        GpuReading {
             uuid: "GPU-0".into(),
             total_memory_bytes: total,
             used_memory_bytes: used,
@@ -182,7 +181,7 @@ mod tests {
 
     #[test]
     fn absurd_inventories_are_refused_by_name() {
-        let mut h = pb::Hello {
+        let mut h = Hello {
             agent_name: "gpu1".into(),
             cpu_slots: u32::MAX,
             ..Default::default()
@@ -197,7 +196,7 @@ mod tests {
         let e = hello(&mut h).unwrap_err().to_string();
         assert!(e.contains("more than any GPU has"), "{e}");
         h.gpus = vec![gpu(16 << 30, 20 << 30, 30 << 30)];
-        h.datasets = vec![pb::DatasetInfo {
+        h.datasets = vec![crate::agent_messages::DatasetInfo {
             name: "sketch".into(),
             train_rows: 15_000,
             test_rows: 10_000_000_000,
@@ -225,7 +224,7 @@ mod tests {
 
     #[test]
     fn heartbeats_are_clamped_never_refused() {
-        let mut hb = pb::Heartbeat {
+        let mut hb = Heartbeat {
             gpus: vec![gpu(u64::MAX, u64::MAX, 3)],
             running: Vec::new(),
         };
@@ -237,7 +236,7 @@ mod tests {
 
     #[test]
     fn epoch_metrics_allow_a_diverged_loss_but_not_impossible_values() {
-        let ok = pb::EpochMetrics {
+        let ok = EpochMetrics {
             epoch: 3,
             train_loss: f64::NAN,
             val_loss: f64::INFINITY,
@@ -250,28 +249,28 @@ mod tests {
         epoch(7, &ok).unwrap();
         let cases = [
             (
-                pb::EpochMetrics {
+                EpochMetrics {
                     epoch: u32::MAX,
                     ..ok
                 },
                 "epoch 4294967295 is absurd",
             ),
             (
-                pb::EpochMetrics {
+                EpochMetrics {
                     val_accuracy: 1.5,
                     ..ok
                 },
                 "val_accuracy 1.5 is outside 0..1",
             ),
             (
-                pb::EpochMetrics {
+                EpochMetrics {
                     learning_rate: -1.0,
                     ..ok
                 },
                 "learning_rate -1 is not a non-negative number",
             ),
             (
-                pb::EpochMetrics {
+                EpochMetrics {
                     peak_gpu_memory_bytes: u64::MAX,
                     ..ok
                 },
@@ -289,7 +288,7 @@ mod tests {
 
     #[test]
     fn finished_reports_are_made_safe_not_refused() {
-        let mut f = pb::JobFinished {
+        let mut f = JobFinished {
             peak_gpu_memory_bytes: u64::MAX,
             gpu_seconds: f64::NAN,
             log_tail: "é".repeat(MAX_LOG_TAIL),

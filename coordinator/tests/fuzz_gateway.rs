@@ -481,6 +481,7 @@ fn job_update(assigned: &Assigned, t: &Target, u: &UpdateSpec) -> pb::JobUpdate 
                 .collect(),
             gpu_seconds: *gpu_seconds,
             start_failure: *start_failure,
+            ..Default::default()
         })),
         UpdateSpec::Empty => None,
     };
@@ -773,6 +774,7 @@ fn hello(name: &str, spec: &HelloSpec, assigned: &Assigned) -> pb::Hello {
             .map(|(t, u)| job_update(assigned, t, u))
             .collect(),
         cpu_slots: spec.cpu_slots,
+        ..Default::default()
     }
 }
 

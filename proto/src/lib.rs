@@ -13,6 +13,38 @@ pub mod v1 {
         tonic::include_file_descriptor_set!("sweepfold_descriptor");
 }
 
+/// The largest gRPC message either end encodes or accepts (a sweep file, an
+/// agent's hello, a report): the coordinator, the CLI and agents share it.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// The job state as the protocol spells it and back. `None` for
+/// `UNSPECIFIED` (meaning "any" in filters).
+pub fn job_state_from_pb(s: v1::JobState) -> Option<sweepfold_common::JobState> {
+    use sweepfold_common::JobState;
+    match s {
+        v1::JobState::Unspecified => None,
+        v1::JobState::Queued => Some(JobState::Queued),
+        v1::JobState::Assigned => Some(JobState::Assigned),
+        v1::JobState::Running => Some(JobState::Running),
+        v1::JobState::Succeeded => Some(JobState::Succeeded),
+        v1::JobState::Failed => Some(JobState::Failed),
+        v1::JobState::Cancelled => Some(JobState::Cancelled),
+    }
+}
+
+/// See [`job_state_from_pb`].
+pub fn job_state_to_pb(s: sweepfold_common::JobState) -> v1::JobState {
+    use sweepfold_common::JobState;
+    match s {
+        JobState::Queued => v1::JobState::Queued,
+        JobState::Assigned => v1::JobState::Assigned,
+        JobState::Running => v1::JobState::Running,
+        JobState::Succeeded => v1::JobState::Succeeded,
+        JobState::Failed => v1::JobState::Failed,
+        JobState::Cancelled => v1::JobState::Cancelled,
+    }
+}
+
 /// A coordinator address as a URL: `http://` when it names no scheme
 /// (`127.0.0.1:7070`), so the CLI and agents read addresses alike.
 pub fn coordinator_url(address: &str) -> String {

@@ -128,13 +128,20 @@ fn small_cnn_learns_noisy_digits_on_one_fold() {
     // Chance is 0.10. Measured on the 2-core development VM: 0.954-0.958
     // after 4 epochs with the default augmentation (text stamps included).
     let best = r.out.best_accuracy;
+    // On the repository's 2,000-row mini set (a plain clone): 0.88 measured.
+    let floor = if data().index.train.len() >= 6000 {
+        0.9
+    } else {
+        0.8
+    };
     assert!(
-        best > 0.9,
+        best > floor,
         "best validation accuracy {best} ({:?})",
         r.accuracies
     );
-    assert_eq!(r.out.val_logits.size(), vec![1200, 10]);
-    assert_eq!(r.out.test_logits.size(), vec![4000, 10]);
+    let (train_rows, test_rows) = (data().index.train.len(), data().index.test.len());
+    assert_eq!(r.out.val_logits.size(), vec![train_rows as i64 / 5, 10]);
+    assert_eq!(r.out.test_logits.size(), vec![test_rows as i64, 10]);
     // The returned validation logits are the best epoch's.
     let d = &data();
     let folds = stratified_folds(&d.index.targets(), 5, 42).unwrap();

@@ -64,6 +64,9 @@ pub enum Outcome {
     /// The job failed before its process ran (or right after, without an
     /// epoch) for the first time: requeued without using a retry.
     StartFailure { error: String, log_tail: String },
+    /// The agent would not run the job: its spec needs a newer agent.
+    /// Requeued for another agent; no retry used, nothing counted.
+    Refused { reason: String },
 }
 
 impl Outcome {
@@ -74,6 +77,7 @@ impl Outcome {
             Outcome::OutOfMemory { .. } => "out_of_memory",
             Outcome::Lost { .. } => "lost",
             Outcome::StartFailure { .. } => "start_failure",
+            Outcome::Refused { .. } => "refused",
         }
     }
 }
@@ -283,7 +287,9 @@ impl Store {
                 gpu_seconds,
                 ..
             } => (*peak, *gpu_seconds, error.as_str(), log_tail.as_str()),
-            Outcome::Lost { reason } => (Bytes(0), 0.0, reason.as_str(), ""),
+            Outcome::Lost { reason } | Outcome::Refused { reason } => {
+                (Bytes(0), 0.0, reason.as_str(), "")
+            }
             Outcome::StartFailure { error, log_tail } => {
                 (Bytes(0), 0.0, error.as_str(), log_tail.as_str())
             }
@@ -354,6 +360,13 @@ impl Store {
                     ),
                 )
             }
+            Outcome::Refused { reason } => (
+                JobState::Queued,
+                format!(
+                    "agent {} refused the job: {reason} (no retry used)",
+                    j.agent
+                ),
+            ),
             Outcome::Lost { reason } => {
                 let lost = j.lost_attempts + 1;
                 tx.execute(

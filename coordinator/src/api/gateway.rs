@@ -6,14 +6,15 @@ use std::pin::Pin;
 use sweepfold_proto::v1 as pb;
 use sweepfold_proto::v1::agent_gateway_server::AgentGateway;
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::convert;
 use crate::auth::Auth;
-use crate::blobs::role;
-use crate::core::CoordinatorHandle;
 use crate::error::Error;
+use crate::state::CoordinatorHandle;
+use sweepfold_common::OutputRole;
 
 pub struct GatewayService {
     handle: CoordinatorHandle,
@@ -55,7 +56,7 @@ impl AgentGateway for GatewayService {
         };
         let name = hello.agent_name.clone();
         let (tx, rx) = mpsc::channel(1024);
-        let session = self.handle.agent_hello(hello, tx).await?;
+        let session = self.handle.agent_hello(convert::hello(hello), tx).await?;
         let handle = self.handle.clone();
         let shutdown = handle.shutdown_token();
         tokio::spawn(async move {
@@ -66,7 +67,10 @@ impl AgentGateway for GatewayService {
                 };
                 match msg {
                     Ok(Some(m)) => {
-                        if let Err(e) = handle.agent_message(name.clone(), session, m).await {
+                        if let Err(e) = handle
+                            .agent_message(name.clone(), session, convert::from_agent(m))
+                            .await
+                        {
                             match e {
                                 Error::FailedPrecondition(_) => {
                                     tracing::info!(agent = %name, session, error = %e, "ending session");
@@ -90,7 +94,8 @@ impl AgentGateway for GatewayService {
             }
             handle.agent_gone(name, session).await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let outbound = ReceiverStream::new(rx).map(|m| Ok(convert::to_agent(m)));
+        Ok(Response::new(Box::pin(outbound)))
     }
 
     async fn upload_output(
@@ -110,11 +115,11 @@ impl AgentGateway for GatewayService {
                 ));
             }
         };
-        if !role::ALL.contains(&header.role.as_str()) {
+        if OutputRole::parse(&header.role).is_none() {
             return Err(Error::UploadRejected(format!(
                 "unknown role `{}`; expected one of {}",
                 header.role,
-                role::ALL.join(", ")
+                OutputRole::ALL.map(OutputRole::as_str).join(", ")
             ))
             .into());
         }
@@ -133,7 +138,8 @@ impl AgentGateway for GatewayService {
             ))
             .into());
         }
-        let (dataset, stored) = self.handle.upload_check(header.clone()).await?;
+        let upload = convert::upload_header(&header);
+        let (dataset, stored) = self.handle.upload_check(upload.clone()).await?;
         let blobs = self.handle.blobs().clone();
         if stored {
             // Identical bytes are already stored: verify and record them.
@@ -145,7 +151,7 @@ impl AgentGateway for GatewayService {
             })
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
-            self.handle.upload_record(header.clone(), verified).await?;
+            self.handle.upload_record(upload.clone(), verified).await?;
             return Ok(Response::new(pb::UploadOutputResponse {
                 sha256: header.sha256,
                 already_stored: true,
@@ -177,7 +183,7 @@ impl AgentGateway for GatewayService {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
-        self.handle.upload_record(header.clone(), verified).await?;
+        self.handle.upload_record(upload.clone(), verified).await?;
         tracing::debug!(job = header.job_id, attempt = header.attempt, role = %header.role, bytes = header.size_bytes, "output stored");
         Ok(Response::new(pb::UploadOutputResponse {
             sha256: header.sha256,

@@ -1,18 +1,21 @@
-//! The impure half of scheduling: build a [`Snapshot`] from the store and
-//! the agents' live readings, run the pure [`plan`], commit each assignment
-//! and send it. Also the two background loops: the scheduler (woken by
-//! changes, and every second) and the lease monitor.
+//! Scheduling. `plan.rs` is the pure planner: a [`Snapshot`] of devices and
+//! queued jobs in, assignments out, with no I/O or clock. This file is the
+//! loop around it: build the snapshot from the store and the agents' live
+//! readings, run the planner, commit each assignment and send it; and the
+//! two background tasks, the scheduler (woken by changes, and every second)
+//! and the lease monitor.
+
+pub mod plan;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use sweepfold_common::{Bytes, JobId};
-use sweepfold_proto::v1 as pb;
 
+use self::plan::{Device, DeviceKind, NOMINAL_USAGE, PendingJob, Snapshot, plan};
 use crate::config::CoordinatorConfig;
-use crate::core::{CoordinatorHandle, Core, now_ms};
 use crate::error::Result;
-use crate::scheduler::{Device, DeviceKind, NOMINAL_USAGE, PendingJob, Snapshot, plan};
+use crate::state::{Assignment, CoordinatorHandle, Core, ToAgent, now_ms};
 use crate::store::{EventRecord, Outcome};
 
 /// A GPU counts as idle when at least this share of its memory is free
@@ -131,10 +134,18 @@ impl Core {
                 })
             })
             .collect();
+        // Agents that refused a job, by job (usually none at all).
+        let mut refused_by: HashMap<JobId, Vec<String>> = HashMap::new();
+        for (name, a) in &self.agents {
+            for &job in &a.refused {
+                refused_by.entry(job).or_default().push(name.clone());
+            }
+        }
         let pending = queued
             .into_iter()
             .zip(avoid)
             .map(|(q, avoid_agent)| PendingJob {
+                refused_by: refused_by.remove(&q.id).unwrap_or_default(),
                 estimate: self.estimate(q.memory_estimate, &q.memory_key, cfg),
                 id: q.id,
                 sweep: q.sweep_id,
@@ -176,10 +187,10 @@ impl Core {
             };
             events.push(ev);
             let info = self.store.assignment_info(a.job)?;
-            let msg = pb::coordinator_message::Msg::Assign(pb::AssignJob {
-                job_id: job.id.0,
-                attempt: job.attempt.0,
-                sweep_id: job.sweep_id.0,
+            let msg = ToAgent::Assign(Box::new(Assignment {
+                job: job.id,
+                attempt: job.attempt,
+                sweep: job.sweep_id,
                 sweep_name: info.sweep_name,
                 config_index: job.config_index,
                 fold: job.fold,
@@ -187,10 +198,11 @@ impl Core {
                 fold_seed: info.fold_seed,
                 dataset: info.dataset,
                 gpu_uuid: gpu_uuid.clone(),
+                required_fields: sweepfold_common::contract::required_fields(&info.spec_json),
                 spec_json: info.spec_json,
                 params_json: job.params_json.clone(),
-                memory_estimate_bytes: reserved.get(),
-            });
+                memory_estimate: reserved,
+            }));
             let live = self
                 .agents
                 .get_mut(&device.agent)
@@ -260,13 +272,7 @@ impl CoordinatorHandle {
     }
 
     /// Starts the scheduler and lease loops; they stop on shutdown.
-    pub fn start_background(&self) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = this.catch_up_ensembles().await {
-                tracing::error!(error = %e, "could not look for sweeps to ensemble");
-            }
-        });
+    pub fn start_scheduler(&self) {
         let shutdown = self.shutdown_token();
         let this = self.clone();
         let wake = self.wake();

@@ -88,6 +88,9 @@ pub struct PendingJob {
     /// An agent this job must not go to (its last attempt failed at start
     /// there).
     pub avoid_agent: Option<String>,
+    /// Agents that refused the job (its spec needs a newer agent): never
+    /// offered to them again in this session.
+    pub refused_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -173,6 +176,7 @@ fn choose(devices: &[Device], job: &PendingJob, s: &Snapshot) -> Option<usize> {
             || d.jobs >= d.max_jobs
             || !d.datasets.contains(&job.dataset)
             || job.avoid_agent.as_deref() == Some(d.agent.as_str())
+            || job.refused_by.contains(&d.agent)
         {
             return false;
         }
@@ -225,6 +229,7 @@ mod tests {
             dataset: "sketch".into(),
             estimate: gib.map(Bytes::from_gib),
             avoid_agent: None,
+            refused_by: Vec::new(),
         }
     }
 
@@ -434,6 +439,7 @@ mod tests {
                 dataset: format!("d{ds}"),
                 estimate: gib.map(Bytes::from_gib),
                 avoid_agent: avoid.map(|a| format!("agent{a}")),
+                refused_by: Vec::new(),
             });
         (
             prop::collection::vec(device, 0..8),

@@ -10,15 +10,15 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use super::gateway::GatewayService;
+use super::grpc::CoordinatorService;
 use crate::auth::Auth;
 use crate::config::TlsConfig;
-use crate::core::CoordinatorHandle;
 use crate::error::{Error, Result};
-use crate::gateway::GatewayService;
-use crate::grpc::CoordinatorService;
+use crate::state::CoordinatorHandle;
 
 /// Largest message the server accepts or sends (sweep files, job lists).
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub use sweepfold_proto::MAX_MESSAGE_BYTES;
 
 /// Serves on an already bound listener until `shutdown` resolves.
 pub async fn serve(
@@ -55,7 +55,8 @@ pub async fn serve(
     let gateway = AgentGatewayServer::new(GatewayService::new(handle.clone(), auth))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    handle.start_background();
+    handle.start_scheduler();
+    crate::results::start(&handle);
 
     let token = handle.shutdown_token();
     let shutdown = async move {

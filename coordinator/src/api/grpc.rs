@@ -11,10 +11,10 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::convert;
 use crate::auth::{Access, Auth};
-use crate::convert;
-use crate::core::CoordinatorHandle;
 use crate::error::Error;
+use crate::state::CoordinatorHandle;
 use crate::store::SweepState;
 
 /// The user-facing `sweepfold.v1.Coordinator` service.
@@ -40,12 +40,8 @@ fn required(value: &str, field: &str) -> Result<String, Status> {
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchSweepResponse, Status>> + Send>>;
 
 fn parse_method(m: &str) -> Result<crate::ensemble::Method, Status> {
-    crate::ensemble::Method::parse(m).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "unknown ensemble method `{m}`; expected soft, hard, weighted or greedy"
-        ))
-        .into()
-    })
+    m.parse()
+        .map_err(|why: String| Error::InvalidArgument(why).into())
 }
 
 #[tonic::async_trait]
@@ -155,7 +151,13 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.auth.user(&request, Access::Read)?;
         Ok(Response::new(pb::ListAgentsResponse {
-            agents: self.handle.list_agents().await?,
+            agents: self
+                .handle
+                .list_agents()
+                .await?
+                .into_iter()
+                .map(convert::agent)
+                .collect(),
         }))
     }
 
@@ -167,7 +169,7 @@ impl Coordinator for CoordinatorService {
         let sweeps = request.into_inner().sweeps;
         let (dataset, train_rows, loaded) = self.handle.leaderboard(sweeps).await?;
         Ok(Response::new(pb::LeaderboardResponse {
-            entries: crate::results::display_order(&loaded.results)
+            entries: crate::oof::display_order(&loaded.results)
                 .into_iter()
                 .map(|i| convert::leaderboard_entry(&loaded.results[i]))
                 .collect(),

@@ -1,0 +1,247 @@
+//! Running jobs: each in its own child process (and process group), pinned
+//! to its GPU, with its output logged, its events forwarded, its outputs
+//! checked and uploaded when it ends.
+//!
+//! Updates for the coordinator go through an outbox: they are sent when a
+//! session is open; a `finished` update stays until the coordinator
+//! acknowledges it, so a result reached while disconnected is reported on
+//! reconnection and never lost.
+//!
+//! This file holds the manager and its bookkeeping; `outbox.rs` the
+//! at-least-once delivery of updates, `prepare.rs` the job directory and
+//! command line, `supervise.rs` the process from start to end, and
+//! `uploads.rs` the checks and uploads of its outputs.
+
+mod outbox;
+mod prepare;
+mod supervise;
+mod uploads;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sweepfold_common::{Attempt, JobId};
+use sweepfold_proto::v1 as pb;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+use crate::datasets::Datasets;
+use crate::gpu::GpuProbe;
+use crate::upload::Uploader;
+use outbox::Outbox;
+pub use supervise::{kill_orphans, process_group};
+
+/// File in a job directory holding the pid (and process group) of its
+/// process while it runs.
+const PID_FILE: &str = "pid";
+
+struct Running {
+    attempt: Attempt,
+    gpu_uuid: String,
+    pid: Option<u32>,
+    cancel: CancellationToken,
+    cancel_reason: Arc<Mutex<String>>,
+}
+
+#[derive(Default)]
+struct State {
+    running: HashMap<JobId, Running>,
+    outbox: Outbox,
+}
+
+impl State {
+    /// The attempt ended (its `finished` update is out): it no longer runs.
+    fn forget_running(&mut self, (job, attempt): (JobId, Attempt)) {
+        if self.running.get(&job).is_some_and(|r| r.attempt == attempt) {
+            self.running.remove(&job);
+        }
+    }
+}
+
+pub struct JobManager {
+    cfg: Arc<AgentConfig>,
+    probe: Option<Arc<dyn GpuProbe>>,
+    datasets: Arc<Datasets>,
+    uploader: Uploader,
+    state: Mutex<State>,
+    outbox: Notify,
+}
+
+impl JobManager {
+    pub fn new(
+        cfg: Arc<AgentConfig>,
+        probe: Option<Arc<dyn GpuProbe>>,
+        datasets: Arc<Datasets>,
+        uploader: Uploader,
+    ) -> Arc<JobManager> {
+        Arc::new(JobManager {
+            cfg,
+            probe,
+            datasets,
+            uploader,
+            state: Mutex::new(State::default()),
+            outbox: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("job manager state")
+    }
+
+    // -- the outbox (see `outbox.rs`) ------------------------------------------
+
+    fn report(&self, update: pb::JobUpdate) {
+        self.state().outbox.push(update);
+        self.outbox.notify_one();
+    }
+
+    /// The next update to send (waits for one).
+    pub async fn next_update(&self) -> pb::JobUpdate {
+        loop {
+            let notified = self.outbox.notified();
+            if let Some(u) = self.state().outbox.pop() {
+                return u;
+            }
+            notified.await;
+        }
+    }
+
+    /// A session could not take `u`: it goes back to the front.
+    pub fn unsent(&self, u: pb::JobUpdate) {
+        self.state().outbox.unsent(u);
+    }
+
+    /// `u` was handed to a session.
+    pub fn handed(&self, u: pb::JobUpdate) {
+        let mut st = self.state();
+        if let Some(ended) = st.outbox.handed(u, Instant::now()) {
+            st.forget_running(ended);
+        }
+    }
+
+    /// Everything the coordinator has not acknowledged, for a new `hello`.
+    pub fn take_for_hello(&self) -> Vec<pb::JobUpdate> {
+        let mut st = self.state();
+        let (all, ended) = st.outbox.take_for_hello(Instant::now());
+        for e in ended {
+            st.forget_running(e);
+        }
+        all
+    }
+
+    /// `finished` updates sent more than `age` ago and still not
+    /// acknowledged (the coordinator could not record them, say its disk
+    /// was full): sent again.
+    pub fn resend_due(&self, age: Duration) -> Vec<pb::JobUpdate> {
+        self.state().outbox.resend_due(age, Instant::now())
+    }
+
+    pub fn ack(&self, job: JobId, attempt: Attempt) {
+        self.state().outbox.ack(job, attempt);
+    }
+
+    // -- queries ------------------------------------------------------------
+
+    pub fn running_jobs(&self) -> Vec<pb::RunningJob> {
+        let mut v: Vec<pb::RunningJob> = self
+            .state()
+            .running
+            .iter()
+            .map(|(id, r)| pb::RunningJob {
+                job_id: id.0,
+                attempt: r.attempt.0,
+                gpu_uuid: r.gpu_uuid.clone(),
+            })
+            .collect();
+        v.sort_by_key(|r| r.job_id);
+        v
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.state().running.len()
+    }
+
+    /// The job whose process group holds `pid`, if any.
+    pub fn job_of_pid(&self, pid: u32) -> Option<JobId> {
+        let pgid = process_group(pid).unwrap_or(pid);
+        self.state()
+            .running
+            .iter()
+            .find(|(_, r)| r.pid == Some(pgid) || r.pid == Some(pid))
+            .map(|(id, _)| *id)
+    }
+
+    // -- commands from the coordinator ---------------------------------------
+
+    pub fn start(self: &Arc<Self>, a: pb::AssignJob) {
+        let job = JobId(a.job_id);
+        let attempt = Attempt(a.attempt);
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(String::new()));
+        {
+            let mut st = self.state();
+            if let Some(r) = st.running.get(&job) {
+                if r.attempt == attempt {
+                    return; // a repeated assignment
+                }
+                // A newer attempt replaces an old one still running here.
+                *r.cancel_reason.lock().expect("reason") = "superseded by a newer attempt".into();
+                r.cancel.cancel();
+            }
+            st.running.insert(
+                job,
+                Running {
+                    attempt,
+                    gpu_uuid: a.gpu_uuid.clone(),
+                    pid: None,
+                    cancel: cancel.clone(),
+                    cancel_reason: reason.clone(),
+                },
+            );
+        }
+        tracing::info!(job = job.0, attempt = attempt.0, sweep = %a.sweep_name, config = a.config_index, fold = a.fold, gpu = %a.gpu_uuid, "job assigned");
+        let this = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut finished = this.execute(&a, &cancel, &reason).await;
+            if !a.gpu_uuid.is_empty() {
+                finished.gpu_seconds = started.elapsed().as_secs_f64();
+            }
+            let outcome = pb::job_finished::Outcome::try_from(finished.outcome)
+                .map(|o| o.as_str_name())
+                .unwrap_or("?");
+            tracing::info!(job = job.0, attempt = attempt.0, outcome, error = %finished.error, "job ended");
+            this.report(pb::JobUpdate {
+                job_id: job.0,
+                attempt: attempt.0,
+                update: Some(pb::job_update::Update::Finished(finished)),
+            });
+        });
+    }
+
+    pub fn cancel(&self, job: JobId, attempt: Attempt, reason: &str) {
+        let st = self.state();
+        match st.running.get(&job) {
+            Some(r) if r.attempt == attempt => {
+                tracing::info!(job = job.0, attempt = attempt.0, reason, "cancelling job");
+                *r.cancel_reason.lock().expect("reason") = reason.to_string();
+                r.cancel.cancel();
+            }
+            _ => tracing::debug!(
+                job = job.0,
+                attempt = attempt.0,
+                "cancel for a job not running here"
+            ),
+        }
+    }
+
+    /// Cancels everything (agent shutdown).
+    pub fn cancel_all(&self, reason: &str) {
+        for r in self.state().running.values() {
+            *r.cancel_reason.lock().expect("reason") = reason.to_string();
+            r.cancel.cancel();
+        }
+    }
+}

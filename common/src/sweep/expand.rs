@@ -1,0 +1,123 @@
+//! Expansion: the search space to configurations (grid in file order,
+//! random from one seeded stream), each with its resolved job spec.
+
+use indexmap::IndexMap;
+use serde_json::{Map, Value};
+
+use super::validate::resolve_trainer;
+use super::{
+    Configuration, Distribution, JobSpec, Method, ParamSpec, Problems, SweepFile, join_path,
+    set_dotted,
+};
+use crate::rng::Rng;
+
+/// Configurations the file expands to, without materialising them.
+pub fn configuration_count(f: &SweepFile) -> u64 {
+    match f.method {
+        Method::Random => u64::from(f.count.unwrap_or(0)),
+        Method::Grid => f.parameters.values().fold(1u64, |acc, s| {
+            let n = s.values.as_ref().map_or(1, |v| v.len() as u64);
+            acc.saturating_mul(n)
+        }),
+    }
+}
+
+pub(super) fn expand(f: &SweepFile, p: &mut Problems) -> Vec<Configuration> {
+    let param_sets: Vec<Map<String, Value>> = match f.method {
+        Method::Grid => grid(&f.parameters),
+        Method::Random => random(&f.parameters, f.count.unwrap_or(0), f.seed.unwrap_or(0)),
+    };
+    let mut out = Vec::with_capacity(param_sets.len());
+    for (index, params) in param_sets.into_iter().enumerate() {
+        let spec = match (&f.trainer, &f.command) {
+            (Some(trainer), _) => {
+                let mut merged = Value::Object(trainer.clone());
+                for (k, v) in &params {
+                    set_dotted(&mut merged, k, v.clone());
+                }
+                match resolve_trainer(&merged) {
+                    Ok(cfg) => JobSpec::Trainer(Box::new(cfg)),
+                    Err((path, msg)) => {
+                        p.add(
+                            "parameters",
+                            format!(
+                                "configuration {index} ({}) is invalid: {}: {msg}",
+                                Value::Object(params.clone()),
+                                join_path("trainer", &path)
+                            ),
+                        );
+                        return out;
+                    }
+                }
+            }
+            (None, Some(cmd)) => JobSpec::Command(cmd.clone()),
+            (None, None) => unreachable!("validated: trainer or command"),
+        };
+        out.push(Configuration {
+            index: index as u32,
+            params,
+            spec,
+        });
+    }
+    out
+}
+
+/// Cartesian product in file order; the last parameter varies fastest.
+fn grid(params: &IndexMap<String, ParamSpec>) -> Vec<Map<String, Value>> {
+    let mut sets = vec![Map::new()];
+    for (name, spec) in params {
+        let choices: Vec<Value> = match (&spec.value, &spec.values) {
+            (Some(v), _) => vec![v.clone()],
+            (None, Some(vs)) => vs.clone(),
+            (None, None) => unreachable!("validated: grid parameters have value(s)"),
+        };
+        let mut next = Vec::with_capacity(sets.len() * choices.len());
+        for set in &sets {
+            for choice in &choices {
+                let mut s = set.clone();
+                s.insert(name.clone(), choice.clone());
+                next.push(s);
+            }
+        }
+        sets = next;
+    }
+    sets
+}
+
+/// `count` samples from one seeded stream, parameters drawn in file order.
+fn random(params: &IndexMap<String, ParamSpec>, count: u32, seed: u64) -> Vec<Map<String, Value>> {
+    let mut rng = Rng::new(seed);
+    (0..count)
+        .map(|_| {
+            params
+                .iter()
+                .map(|(name, spec)| (name.clone(), sample(spec, &mut rng)))
+                .collect()
+        })
+        .collect()
+}
+
+fn sample(spec: &ParamSpec, rng: &mut Rng) -> Value {
+    if let Some(v) = &spec.value {
+        return v.clone();
+    }
+    if let Some(vs) = &spec.values {
+        return vs[rng.below(vs.len() as u64) as usize].clone();
+    }
+    let (min, max) = (spec.min.unwrap_or(0.0), spec.max.unwrap_or(0.0));
+    match spec
+        .distribution
+        .expect("validated: one of value/values/distribution")
+    {
+        Distribution::Uniform => Value::from(min + (max - min) * rng.next_f64()),
+        Distribution::LogUniform => {
+            let (a, b) = (min.ln(), max.ln());
+            Value::from((a + (b - a) * rng.next_f64()).exp())
+        }
+        Distribution::IntUniform => {
+            let (lo, hi) = (min as i64, max as i64);
+            let span = (hi - lo) as u64 + 1;
+            Value::from(lo + rng.below(span) as i64)
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Sweep files: the file's types (here), parsing (`parse.rs`), validation
+//! (`validate.rs`) and expansion into configurations (`expand.rs`).
+//!
+//! A sweep is a search space (`parameters`, by `grid` or `random` search)
+//! over a job template (`trainer:` for the built-in trainer or `command:` for
+//! a user script) crossed with K stratified folds. One configuration is one
+//! point of the space; a job is one (configuration, fold) pair.
+//!
+//! Errors name the file, the line and the key path, and every problem of a
+//! file is reported at once where possible:
+//!
+//! ```text
+//! sweep.yaml:9: kfold.learning_rate: unknown key; expected `folds` or `seed`
+//! ```
+
+use std::fmt;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use crate::contract::{EnsembleMethod, JobSpec};
+use crate::units::Bytes;
+use crate::yaml_lines::KeyLines;
+
+mod expand;
+mod parse;
+mod validate;
+
+pub use expand::configuration_count;
+pub use parse::parse_sweep;
+pub use validate::{fill_placeholders, placeholders, resolve_trainer};
+
+/// Default cap on the jobs (configurations x folds) one sweep may expand to.
+pub const DEFAULT_MAX_JOBS: u64 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Grid,
+    Random,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Grid => "grid",
+            Method::Random => "random",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Distribution {
+    Uniform,
+    LogUniform,
+    IntUniform,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KFold {
+    pub folds: u32,
+    /// Seed of the stratified shuffle; the same seed gives the same split.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Peak GPU memory one job needs; learned from finished jobs when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleSpec {
+    pub method: EnsembleMethod,
+}
+
+/// One entry of `parameters:` as written. Exactly one of `value`, `values`
+/// or `distribution` (with `min` and `max`) must be given.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<Distribution>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// The sweep file exactly as the user wrote it (after YAML parsing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepFile {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default = "default_method")]
+    pub method: Method,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    pub kfold: KFold,
+    pub dataset: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub parameters: IndexMap<String, ParamSpec>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<EnsembleSpec>,
+}
+
+fn default_method() -> Method {
+    Method::Grid
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+/// One point of the search space.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Configuration {
+    pub index: u32,
+    /// Parameter values of this configuration, in file order.
+    pub params: Map<String, Value>,
+    pub spec: JobSpec,
+}
+
+/// A validated and expanded sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sweep {
+    pub file: SweepFile,
+    pub configurations: Vec<Configuration>,
+}
+
+impl Sweep {
+    pub fn folds(&self) -> u32 {
+        self.file.kfold.folds
+    }
+
+    pub fn num_jobs(&self) -> u64 {
+        self.configurations.len() as u64 * u64::from(self.folds())
+    }
+
+    pub fn kind(&self) -> &'static str {
+        if self.file.command.is_some() {
+            "command"
+        } else {
+            "trainer"
+        }
+    }
+
+    /// Seed of a random search (0 when the file gives none).
+    pub fn search_seed(&self) -> u64 {
+        self.file.seed.unwrap_or(0)
+    }
+}
+
+/// Limits applied while validating.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_jobs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_jobs: DEFAULT_MAX_JOBS,
+        }
+    }
+}
+
+/// One problem in a sweep file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepProblem {
+    /// Key path, e.g. `kfold.folds` or `parameters.lr.values[1]`; empty for
+    /// the whole file.
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Every problem found in one sweep file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SweepErrors {
+    pub file: String,
+    pub problems: Vec<SweepProblem>,
+}
+
+impl fmt::Display for SweepErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file)?;
+            if let Some(line) = p.line {
+                write!(f, ":{line}")?;
+            }
+            if p.path.is_empty() {
+                write!(f, ": {}", p.message)?;
+            } else {
+                write!(f, ": {}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems with their lines while validating.
+pub(crate) struct Problems<'a> {
+    pub(crate) lines: &'a KeyLines,
+    pub(crate) list: Vec<SweepProblem>,
+}
+
+impl Problems<'_> {
+    pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let line = self.lines.line_of(&path);
+        self.list.push(SweepProblem {
+            path,
+            line,
+            message: message.into(),
+        });
+    }
+}
+
+pub(crate) fn join_path(prefix: &str, path: &str) -> String {
+    if path.is_empty() {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.{path}")
+    }
+}
+
+/// Sets `a.b.c` inside a JSON object, creating objects on the way.
+pub fn set_dotted(target: &mut Value, dotted: &str, value: Value) {
+    let mut cur = target;
+    let mut parts = dotted.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if !cur.is_object() {
+            *cur = Value::Object(Map::new());
+        }
+        let obj = cur.as_object_mut().expect("just made an object");
+        if parts.peek().is_none() {
+            obj.insert(part.to_string(), value);
+            return;
+        }
+        cur = obj
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+}
+
+/// What serde says of a missing key, in our words.
+pub(crate) const MISSING: &str = "is required";
+
+/// Turns serde's wording into ours: an unknown field's path names the field,
+/// and a missing field's path names it too.
+pub(crate) fn refine_serde_message(path: String, msg: &str) -> (String, String) {
+    let join = |p: &str, k: &str| {
+        if p.is_empty() {
+            k.to_string()
+        } else {
+            format!("{p}.{k}")
+        }
+    };
+    if let Some(rest) = msg.strip_prefix("unknown field `")
+        && let Some(end) = rest.find('`')
+    {
+        let field = &rest[..end];
+        let expected = rest[end + 1..].trim_start_matches(", ");
+        let expected = expected.replace("there are no fields", "this section takes no keys");
+        // serde_path_to_error already appends the unknown key to the path.
+        let path = if path.ends_with(field) {
+            path
+        } else {
+            join(&path, field)
+        };
+        return (path, format!("unknown key; {expected}"));
+    }
+    if let Some(rest) = msg.strip_prefix("missing field `")
+        && let Some(end) = rest.find('`')
+    {
+        let field = &rest[..end];
+        return (join(&path, field), MISSING.to_string());
+    }
+    (path, msg.to_string())
+}
+
+#[cfg(test)]
+mod tests;

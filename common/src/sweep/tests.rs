@@ -1,0 +1,239 @@
+//! The sweep file, end to end: parse, validate, expand.
+
+use super::*;
+
+pub const CONTRACT: &str = r#"name: resnet-lr-ls
+owner: user1               # optional; defaults to the submitting OS user
+priority: 0                # optional; higher first within an owner's share
+method: grid               # grid | random
+# count: 12                # random only: number of sampled configurations
+# seed: 7                  # random only
+kfold:
+  folds: 5
+  seed: 42                 # stratified on the target column of train.csv
+dataset: sketch            # a dataset name; each agent maps names to local paths
+trainer:
+  model: resnet50
+  image_size: 224
+  epochs: 30
+  batch_size: 64
+  optimizer: adamw
+  precision: fp16          # fp32 | fp16 | bf16
+parameters:
+  lr: {values: [1.0e-4, 3.0e-4]}
+  label_smoothing: {values: [0.0, 0.1]}
+  weight_decay: {value: 0.05}
+resources:
+  gpu_memory: 10GiB        # optional estimate
+retries: 2
+ensemble:
+  method: soft
+"#;
+
+fn parse(src: &str) -> Result<Sweep, SweepErrors> {
+    parse_sweep(src, "sweep.yaml", Limits::default())
+}
+
+fn error_of(src: &str) -> String {
+    parse(src).unwrap_err().to_string()
+}
+
+#[test]
+fn contract_file_expands_to_twenty_jobs() {
+    let s = parse(CONTRACT).unwrap();
+    assert_eq!(s.configurations.len(), 4);
+    assert_eq!(s.num_jobs(), 20);
+    assert_eq!(s.file.owner.as_deref(), Some("user1"));
+    assert_eq!(s.file.resources.gpu_memory, Some(Bytes::from_gib(10)));
+    assert_eq!(
+        s.file.ensemble.as_ref().unwrap().method,
+        EnsembleMethod::Soft
+    );
+    // Last parameter varies fastest.
+    let lrs: Vec<f64> = s
+        .configurations
+        .iter()
+        .map(|c| c.params["lr"].as_f64().unwrap())
+        .collect();
+    assert_eq!(lrs, vec![1e-4, 1e-4, 3e-4, 3e-4]);
+    let ls: Vec<f64> = s
+        .configurations
+        .iter()
+        .map(|c| c.params["label_smoothing"].as_f64().unwrap())
+        .collect();
+    assert_eq!(ls, vec![0.0, 0.1, 0.0, 0.1]);
+    let JobSpec::Trainer(cfg) = &s.configurations[3].spec else {
+        panic!("trainer spec expected")
+    };
+    assert_eq!(cfg.lr, 3e-4);
+    assert_eq!(cfg.label_smoothing, 0.1);
+    assert_eq!(cfg.weight_decay, 0.05);
+    assert_eq!(cfg.model, "resnet50");
+    assert_eq!(cfg.precision, crate::trainer_config::Precision::Fp16);
+}
+
+#[test]
+fn grid_over_model_and_nested_keys() {
+    let src = CONTRACT.replace(
+        "  weight_decay: {value: 0.05}\n",
+        "  model: {values: [resnet18, efficientnet_b0, densenet121]}\n  augment.hflip.p: {values: [0.0, 0.5]}\n",
+    );
+    let s = parse(&src).unwrap();
+    assert_eq!(s.configurations.len(), 2 * 2 * 3 * 2);
+    let JobSpec::Trainer(cfg) = &s.configurations[1].spec else {
+        panic!()
+    };
+    assert_eq!(cfg.model, "resnet18");
+    assert_eq!(cfg.augment.hflip.p, 0.5);
+}
+
+fn random_src(seed: u64) -> String {
+    format!(
+        "name: r\nmethod: random\ncount: 12\nseed: {seed}\nkfold: {{folds: 3}}\ndataset: d\ntrainer: {{model: resnet18}}\nparameters:\n  lr: {{distribution: log_uniform, min: 1.0e-5, max: 1.0e-2}}\n  epochs: {{distribution: int_uniform, min: 3, max: 7}}\n  label_smoothing: {{distribution: uniform, min: 0.0, max: 0.2}}\n  optimizer: {{values: [adamw, sgd]}}\n"
+    )
+}
+
+#[test]
+fn random_search_is_seeded_and_within_bounds() {
+    let a = parse(&random_src(7)).unwrap();
+    let b = parse(&random_src(7)).unwrap();
+    let c = parse(&random_src(8)).unwrap();
+    assert_eq!(a.configurations, b.configurations);
+    assert_ne!(a.configurations, c.configurations);
+    assert_eq!(a.num_jobs(), 36);
+    let mut optimizers = std::collections::HashSet::new();
+    for conf in &a.configurations {
+        let lr = conf.params["lr"].as_f64().unwrap();
+        assert!((1e-5..=1e-2).contains(&lr), "{lr}");
+        let epochs = conf.params["epochs"].as_i64().unwrap();
+        assert!((3..=7).contains(&epochs));
+        let ls = conf.params["label_smoothing"].as_f64().unwrap();
+        assert!((0.0..=0.2).contains(&ls));
+        optimizers.insert(conf.params["optimizer"].as_str().unwrap().to_string());
+        let JobSpec::Trainer(cfg) = &conf.spec else {
+            panic!()
+        };
+        assert_eq!(cfg.epochs as i64, epochs);
+    }
+    assert_eq!(optimizers.len(), 2, "12 draws should hit both optimizers");
+}
+
+#[test]
+fn log_uniform_spreads_over_decades() {
+    let src = random_src(1).replace("count: 12", "count: 400");
+    let s = parse(&src).unwrap();
+    let below_1e4 = s
+        .configurations
+        .iter()
+        .filter(|c| c.params["lr"].as_f64().unwrap() < 1e-4)
+        .count();
+    // A third of the log range lies below 1e-4; a plain uniform would put
+    // about 1% there.
+    assert!((90..=180).contains(&below_1e4), "{below_1e4}");
+}
+
+#[test]
+fn command_sweep_with_placeholders() {
+    let src = "name: c\nkfold: {folds: 2}\ndataset: d\ncommand: [python3, train.py, --lr, '{lr}', --out, '{output_dir}']\nparameters:\n  lr: {values: [0.1, 0.2, 0.3]}\n";
+    let s = parse(src).unwrap();
+    assert_eq!(s.num_jobs(), 6);
+    assert_eq!(s.kind(), "command");
+    let bad = src.replace("{output_dir}", "{outdir}");
+    let e = error_of(&bad);
+    assert!(
+        e.contains("sweep.yaml:4: command[5]: unknown placeholder `{outdir}`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fill_placeholders_substitutes_and_escapes() {
+    let lookup = |n: &str| (n == "lr").then(|| "0.1".to_string());
+    assert_eq!(fill_placeholders("--lr={lr}", lookup).unwrap(), "--lr=0.1");
+    assert_eq!(fill_placeholders("{{x}}", lookup).unwrap(), "{x}");
+    assert!(fill_placeholders("{nope}", lookup).is_err());
+    assert_eq!(placeholders("a{b}c{{d}}").unwrap(), vec!["b"]);
+    assert!(placeholders("a{b").is_err());
+}
+
+#[test]
+fn unknown_key_names_path_and_line() {
+    let src = CONTRACT.replace("  seed: 42 ", "  learning_rate: 42 ");
+    let e = error_of(&src);
+    assert!(
+        e.starts_with("sweep.yaml:9: kfold.learning_rate: unknown key; expected"),
+        "{e}"
+    );
+}
+
+#[test]
+fn semantic_errors_are_all_reported_with_lines() {
+    let src = CONTRACT
+        .replace("folds: 5", "folds: 1")
+        .replace("[0.0, 0.1]", "[]");
+    let e = parse(&src).unwrap_err();
+    let paths: Vec<_> = e
+        .problems
+        .iter()
+        .map(|p| (p.path.as_str(), p.line))
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            ("kfold.folds", Some(8)),
+            ("parameters.label_smoothing.values", Some(20))
+        ]
+    );
+}
+
+#[test]
+fn bad_trainer_value_from_a_parameter_points_at_it() {
+    let src = CONTRACT.replace("[1.0e-4, 3.0e-4]", "[1.0e-4, -3.0e-4]");
+    let e = error_of(&src);
+    assert!(
+        e.contains("sweep.yaml:19: parameters.lr.values[1]: must be a positive number"),
+        "{e}"
+    );
+    let src = CONTRACT.replace("precision: fp16", "precision: fp8");
+    let e = error_of(&src);
+    assert!(
+        e.contains("sweep.yaml:17: trainer.precision: unknown variant `fp8`"),
+        "{e}"
+    );
+    let src = CONTRACT.replace("weight_decay: {value", "weight_decy: {value");
+    let e = error_of(&src);
+    assert!(
+        e.contains("sweep.yaml:21: parameters.weight_decy.value: unknown key"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cap_is_checked_before_expanding() {
+    let src = "name: big\nkfold: {folds: 5}\ndataset: d\ntrainer: {}\nparameters:\n  epochs: {values: [1,2,3,4,5,6,7,8,9,10]}\n  batch_size: {values: [1,2,3,4,5,6,7,8,9,10]}\n  step_epochs: {values: [1,2,3,4,5,6,7,8,9,10]}\n  seed: {values: [1,2,3,4,5,6,7,8,9,10]}\n";
+    let e = parse_sweep(src, "big.yaml", Limits { max_jobs: 10_000 }).unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "expands to 50000 jobs (10000 configurations x 5 folds), more than the limit of 10000"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn ten_thousand_jobs_fit_the_default_cap() {
+    let src = "name: big\nkfold: {folds: 5}\ndataset: d\ntrainer: {model: resnet18}\nparameters:\n  lr: {values: [0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0]}\n  seed: {values: [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20]}\n  epochs: {values: [1,2,3,4,5,6,7,8,9,10]}\n";
+    let s = parse(src).unwrap();
+    assert_eq!(s.num_jobs(), 10_000);
+}
+
+#[test]
+fn set_dotted_creates_nested_objects() {
+    let mut v = serde_json::json!({"augment": {"noise": {"p": 0.1}}});
+    set_dotted(&mut v, "augment.hflip.p", serde_json::json!(0.5));
+    set_dotted(&mut v, "lr", serde_json::json!(1));
+    assert_eq!(
+        v,
+        serde_json::json!({"augment": {"noise": {"p": 0.1}, "hflip": {"p": 0.5}}, "lr": 1})
+    );
+}

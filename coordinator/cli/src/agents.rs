@@ -1,0 +1,120 @@
+//! `agents`: every agent and its GPUs.
+
+use serde_json::Value;
+use sweepfold_common::Bytes;
+use sweepfold_proto::v1 as pb;
+
+use crate::output::*;
+use crate::transport::{Client, status_error};
+use crate::{out, outln};
+
+pub async fn agents(client: &mut Client, json: bool) -> anyhow::Result<()> {
+    let agents = client
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .agents;
+    if json {
+        let list: Vec<Value> = agents
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "name": a.name,
+                    "hostname": a.hostname,
+                    "connected": a.connected,
+                    "last_seen_ms": a.last_seen_ms,
+                    "cpu_only": a.cpu_only,
+                    "unhealthy_reason": a.unhealthy_reason,
+                    "running_job_ids": a.running_job_ids,
+                    "mismatched_datasets": a.mismatched_datasets,
+                    "datasets": a.datasets.iter().map(|d| serde_json::json!({
+                        "name": d.name, "train_csv_sha256": d.train_csv_sha256,
+                        "test_csv_sha256": d.test_csv_sha256,
+                    })).collect::<Vec<_>>(),
+                    "gpus": a.gpus.iter().map(|g| serde_json::json!({
+                        "uuid": g.uuid, "index": g.index, "name": g.name,
+                        "total_memory_bytes": g.total_memory_bytes,
+                        "used_memory_bytes": g.used_memory_bytes,
+                        "free_memory_bytes": g.free_memory_bytes,
+                        "utilization_percent": g.utilization_percent,
+                        "processes": g.processes.iter().map(|p| serde_json::json!({
+                            "pid": p.pid, "used_memory_bytes": p.used_memory_bytes,
+                            "name": p.name, "job_id": p.job_id,
+                        })).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        return print_json(&list);
+    }
+    if agents.is_empty() {
+        outln!("no agents have registered");
+        return Ok(());
+    }
+    let mut t = Table::new(vec![
+        "AGENT", "HOST", "STATUS", "GPU", "NAME", "FREE", "TOTAL", "UTIL", "JOBS", "DATASETS",
+    ]);
+    for a in &agents {
+        let status = if !a.connected {
+            "disconnected".to_string()
+        } else if !a.unhealthy_reason.is_empty() {
+            format!("unhealthy: {}", a.unhealthy_reason)
+        } else {
+            "ok".to_string()
+        };
+        let datasets = a
+            .datasets
+            .iter()
+            .map(|d| {
+                if a.mismatched_datasets.contains(&d.name) {
+                    format!("{} (HASH MISMATCH)", d.name)
+                } else {
+                    d.name.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let jobs = a.running_job_ids.len().to_string();
+        if a.gpus.is_empty() {
+            t.row(vec![
+                a.name.clone(),
+                a.hostname.clone(),
+                status,
+                "cpu".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                jobs,
+                datasets,
+            ]);
+            continue;
+        }
+        for (i, g) in a.gpus.iter().enumerate() {
+            let first = i == 0;
+            t.row(vec![
+                if first { a.name.clone() } else { String::new() },
+                if first {
+                    a.hostname.clone()
+                } else {
+                    String::new()
+                },
+                if first { status.clone() } else { String::new() },
+                g.index.to_string(),
+                g.name.clone(),
+                Bytes(g.free_memory_bytes).to_string(),
+                Bytes(g.total_memory_bytes).to_string(),
+                format!("{}%", g.utilization_percent),
+                if first { jobs.clone() } else { String::new() },
+                if first {
+                    datasets.clone()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+    }
+    out!("{}", t.render());
+    Ok(())
+}

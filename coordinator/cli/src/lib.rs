@@ -1,0 +1,218 @@
+//! The user commands of `coordinator`: each one talks gRPC to
+//! `--coordinator URL` and prints a human table, or JSON with `--json`.
+//!
+//! Architecture invariant: this crate depends on `sweepfold-proto` and
+//! `sweepfold-common` only; it knows nothing of the server's internals, so
+//! everything it shows is what any gRPC client (grpcurl included) can see.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use sweepfold_common::JobState;
+use sweepfold_common::sweep::Limits;
+
+pub mod agents;
+pub mod jobs;
+pub mod output;
+pub mod results;
+pub mod sweeps;
+pub mod transport;
+
+pub use transport::{Client, DEFAULT_COORDINATOR, Target, connect, status_error};
+
+/// The commands a user runs against a coordinator (the `coordinator`
+/// binary adds `serve`, `token` and `certs`, which work on the server's
+/// own files).
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate a sweep file and queue its jobs.
+    Submit {
+        file: PathBuf,
+        /// Print the expansion (configurations x folds) and submit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Follow the sweep with a progress bar until it ends.
+        #[arg(long)]
+        watch: bool,
+        /// Cap on jobs for --dry-run (the server applies its own).
+        #[arg(long, default_value_t = sweepfold_common::sweep::DEFAULT_MAX_JOBS)]
+        max_jobs: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List sweeps, newest first.
+    Sweeps {
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one sweep and its configurations.
+    Sweep {
+        /// Sweep id or name.
+        sweep: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the jobs of a sweep.
+    Jobs {
+        /// Sweep id or name.
+        sweep: String,
+        /// Only jobs in this state (queued, assigned, running, succeeded, failed, cancelled).
+        #[arg(long, value_parser = parse_state)]
+        state: Option<JobState>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job: history, metrics, log tail.
+    Job {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List agents and their GPUs.
+    Agents {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a sweep's queued and running jobs.
+    Cancel {
+        /// Sweep id or name.
+        sweep: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a sweep until it ends.
+    Watch {
+        /// Sweep id or name.
+        sweep: String,
+    },
+    /// Rank configurations by out-of-fold accuracy.
+    Leaderboard {
+        /// Sweep ids or names (default: the newest sweep).
+        sweeps: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Combine complete configurations into a submission.
+    Ensemble {
+        /// Sweeps (all their complete configurations) or SWEEP:INDEX.
+        #[arg(required = true)]
+        members: Vec<String>,
+        /// soft, hard, weighted or greedy.
+        #[arg(long, default_value = "soft", value_parser = parse_method)]
+        method: sweepfold_common::EnsembleMethod,
+        /// The submission CSV to write.
+        #[arg(long, default_value = "submission.csv")]
+        out: PathBuf,
+        /// Where to write the test probabilities (default: next to --out).
+        #[arg(long)]
+        probabilities: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a self-contained HTML report.
+    Report {
+        /// Sweep ids or names.
+        #[arg(required = true)]
+        sweeps: Vec<String>,
+        /// Ensemble method shown in the report.
+        #[arg(long, default_value = "soft", value_parser = parse_method)]
+        method: sweepfold_common::EnsembleMethod,
+        #[arg(long, default_value = "report.html")]
+        out: PathBuf,
+    },
+}
+
+fn parse_state(s: &str) -> Result<JobState, String> {
+    JobState::parse(s).ok_or_else(|| {
+        format!(
+            "unknown state `{s}`; expected one of {}",
+            JobState::ALL.map(JobState::as_str).join(", ")
+        )
+    })
+}
+
+fn parse_method(s: &str) -> Result<sweepfold_common::EnsembleMethod, String> {
+    s.parse()
+}
+
+/// Runs one user command against `target`.
+pub async fn run(target: &Target, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Submit {
+            file,
+            dry_run,
+            watch,
+            max_jobs,
+            json,
+        } => {
+            let (text, name, sweep) = sweeps::read_sweep_file(&file, Limits { max_jobs })?;
+            if dry_run {
+                return sweeps::print_dry_run(&sweep, json);
+            }
+            let mut client = connect(target).await?;
+            let submitted = sweeps::submit(&mut client, text, name, json).await?;
+            if watch {
+                sweeps::watch(&mut client, submitted.id.to_string()).await?;
+            }
+            Ok(())
+        }
+        Command::Sweeps { owner, json } => {
+            sweeps::sweeps(&mut connect(target).await?, owner, json).await
+        }
+        Command::Sweep { sweep, json } => {
+            sweeps::sweep(&mut connect(target).await?, sweep, json).await
+        }
+        Command::Jobs { sweep, state, json } => {
+            jobs::jobs(&mut connect(target).await?, sweep, state, json).await
+        }
+        Command::Job { id, json } => jobs::job(&mut connect(target).await?, id, json).await,
+        Command::Agents { json } => agents::agents(&mut connect(target).await?, json).await,
+        Command::Cancel { sweep, json } => {
+            sweeps::cancel(&mut connect(target).await?, sweep, json).await
+        }
+        Command::Watch { sweep } => sweeps::watch(&mut connect(target).await?, sweep)
+            .await
+            .map(|_| ()),
+        Command::Leaderboard { sweeps, json } => {
+            let mut client = connect(target).await?;
+            let sweeps = if sweeps.is_empty() {
+                vec![sweeps::newest_sweep(&mut client).await?]
+            } else {
+                sweeps
+            };
+            results::leaderboard(&mut client, sweeps, json).await
+        }
+        Command::Ensemble {
+            members,
+            method,
+            out,
+            probabilities,
+            json,
+        } => {
+            results::ensemble(
+                &mut connect(target).await?,
+                members,
+                method.as_str().to_string(),
+                &out,
+                probabilities.as_deref(),
+                json,
+            )
+            .await
+        }
+        Command::Report {
+            sweeps,
+            method,
+            out,
+        } => {
+            results::report(
+                &mut connect(target).await?,
+                sweeps,
+                method.as_str().to_string(),
+                &out,
+            )
+            .await
+        }
+    }
+}

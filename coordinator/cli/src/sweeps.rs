@@ -1,0 +1,396 @@
+//! `submit`, `sweeps`, `sweep`, `cancel`, `watch`: sweeps as a whole.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sweepfold_common::Bytes;
+use sweepfold_common::sweep::{Limits, Sweep, parse_sweep};
+use sweepfold_proto::v1 as pb;
+
+use crate::output::*;
+use crate::transport::{Client, status_error};
+use crate::{out, outln};
+
+/// The `--json` shape (stable; scripts rely on it).
+#[derive(Serialize)]
+pub struct SweepJson {
+    pub id: i64,
+    pub name: String,
+    pub owner: String,
+    pub priority: i32,
+    pub method: String,
+    pub kind: String,
+    pub dataset: String,
+    pub folds: u32,
+    pub fold_seed: u64,
+    pub configurations: u32,
+    pub jobs: u32,
+    pub state: String,
+    pub counts: HashMap<&'static str, u32>,
+    pub submitted_at_ms: i64,
+    /// The automatic ensemble, once the sweep has finished.
+    pub ensemble: Option<Value>,
+}
+
+impl From<&pb::Sweep> for SweepJson {
+    fn from(s: &pb::Sweep) -> Self {
+        let c = s.counts.unwrap_or_default();
+        SweepJson {
+            id: s.id,
+            name: s.name.clone(),
+            owner: s.owner.clone(),
+            priority: s.priority,
+            method: s.method.clone(),
+            kind: s.kind.clone(),
+            dataset: s.dataset.clone(),
+            folds: s.folds,
+            fold_seed: s.fold_seed,
+            configurations: s.configurations,
+            jobs: s.jobs_total,
+            state: s.state.clone(),
+            counts: HashMap::from([
+                ("queued", c.queued),
+                ("assigned", c.assigned),
+                ("running", c.running),
+                ("succeeded", c.succeeded),
+                ("failed", c.failed),
+                ("cancelled", c.cancelled),
+            ]),
+            submitted_at_ms: s.submitted_at_ms,
+            ensemble: (!s.ensemble_submission_path.is_empty()).then(|| {
+                serde_json::json!({
+                    "method": s.ensemble_method,
+                    "oof_accuracy": s.ensemble_oof_accuracy,
+                    "submission": s.ensemble_submission_path,
+                })
+            }),
+        }
+    }
+}
+
+/// Reads and validates a sweep file locally (same rules as the server).
+pub fn read_sweep_file(path: &Path, limits: Limits) -> anyhow::Result<(String, String, Sweep)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read sweep file {}", path.display()))?;
+    let name = path.display().to_string();
+    let sweep = parse_sweep(&text, &name, limits).map_err(|e| anyhow!("{e}"))?;
+    Ok((text, name, sweep))
+}
+
+/// `submit --dry-run`: the expansion, without contacting anything.
+pub fn print_dry_run(sweep: &Sweep, json: bool) -> anyhow::Result<()> {
+    let f = &sweep.file;
+    if json {
+        #[derive(Serialize)]
+        struct Job<'a> {
+            config_index: u32,
+            fold: u32,
+            params: &'a Map<String, Value>,
+        }
+        let jobs: Vec<Job> = sweep
+            .configurations
+            .iter()
+            .flat_map(|c| {
+                (0..f.kfold.folds).map(move |fold| Job {
+                    config_index: c.index,
+                    fold,
+                    params: &c.params,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::json!({
+            "name": f.name,
+            "method": f.method.as_str(),
+            "kind": sweep.kind(),
+            "dataset": f.dataset,
+            "folds": f.kfold.folds,
+            "configurations": sweep.configurations,
+            "jobs": jobs,
+        }));
+    }
+    outln!(
+        "sweep {} ({}, {} jobs, dataset {}): {} configurations x {} folds = {} jobs",
+        f.name,
+        f.method.as_str(),
+        sweep.kind(),
+        f.dataset,
+        sweep.configurations.len(),
+        f.kfold.folds,
+        sweep.num_jobs()
+    );
+    let mut t = Table::new(vec!["CONFIG", "FOLDS", "PARAMETERS"]);
+    for c in &sweep.configurations {
+        t.row(vec![
+            c.index.to_string(),
+            format!("0-{}", f.kfold.folds - 1),
+            params_map_inline(&c.params),
+        ]);
+    }
+    out!("{}", t.render());
+    outln!("(dry run: nothing was submitted)");
+    Ok(())
+}
+
+pub async fn submit(
+    client: &mut Client,
+    text: String,
+    file_name: String,
+    json: bool,
+) -> anyhow::Result<pb::Sweep> {
+    let response = client
+        .submit_sweep(pb::SubmitSweepRequest {
+            sweep_yaml: text,
+            file_name,
+            default_owner: os_user(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let sweep = response
+        .sweep
+        .ok_or_else(|| anyhow!("the coordinator answered without a sweep"))?;
+    if json {
+        print_json(&SweepJson::from(&sweep))?;
+    } else {
+        outln!(
+            "submitted sweep {} ({}): {} configurations x {} folds = {} jobs queued",
+            sweep.id,
+            sweep.name,
+            sweep.configurations,
+            sweep.folds,
+            sweep.jobs_total
+        );
+    }
+    Ok(sweep)
+}
+
+pub async fn sweeps(client: &mut Client, owner: Option<String>, json: bool) -> anyhow::Result<()> {
+    let sweeps = client
+        .list_sweeps(pb::ListSweepsRequest {
+            owner: owner.unwrap_or_default(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .sweeps;
+    if json {
+        return print_json(&sweeps.iter().map(SweepJson::from).collect::<Vec<_>>());
+    }
+    let mut t = Table::new(vec![
+        "ID",
+        "NAME",
+        "OWNER",
+        "STATE",
+        "JOBS",
+        "DONE",
+        "RUNNING",
+        "QUEUED",
+        "FAILED",
+        "ENSEMBLE",
+        "SUBMITTED",
+    ]);
+    for s in &sweeps {
+        let c = s.counts.unwrap_or_default();
+        t.row(vec![
+            s.id.to_string(),
+            s.name.clone(),
+            s.owner.clone(),
+            s.state.clone(),
+            s.jobs_total.to_string(),
+            c.succeeded.to_string(),
+            (c.running + c.assigned).to_string(),
+            c.queued.to_string(),
+            c.failed.to_string(),
+            if !s.ensemble_submission_path.is_empty() {
+                format!("{} {:.4}", s.ensemble_method, s.ensemble_oof_accuracy)
+            } else if !s.ensemble_method.is_empty() {
+                format!("{} (pending)", s.ensemble_method)
+            } else {
+                "-".into()
+            },
+            format_time(s.submitted_at_ms),
+        ]);
+    }
+    out!("{}", t.render());
+    Ok(())
+}
+
+pub async fn sweep(client: &mut Client, reference: String, json: bool) -> anyhow::Result<()> {
+    let r = client
+        .get_sweep(pb::GetSweepRequest { sweep: reference })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let s = r
+        .sweep
+        .ok_or_else(|| anyhow!("the coordinator answered without a sweep"))?;
+    if json {
+        let configs: Vec<Value> = r
+            .configurations
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "index": c.index,
+                    "params": params_value(&c.params_json),
+                    "spec": params_value(&c.spec_json),
+                })
+            })
+            .collect();
+        return print_json(&serde_json::json!({
+            "sweep": SweepJson::from(&s),
+            "configurations": configs,
+        }));
+    }
+    let c = s.counts.unwrap_or_default();
+    outln!(
+        "sweep {} ({}) owner {} [{}]",
+        s.id,
+        s.name,
+        s.owner,
+        s.state
+    );
+    outln!(
+        "  {} {} on dataset {}, {} configurations x {} folds (seed {}) = {} jobs",
+        s.method,
+        s.kind,
+        s.dataset,
+        s.configurations,
+        s.folds,
+        s.fold_seed,
+        s.jobs_total
+    );
+    outln!(
+        "  succeeded {}, running {}, assigned {}, queued {}, failed {}, cancelled {}",
+        c.succeeded,
+        c.running,
+        c.assigned,
+        c.queued,
+        c.failed,
+        c.cancelled
+    );
+    if s.gpu_memory_bytes > 0 {
+        outln!("  gpu memory estimate {}", Bytes(s.gpu_memory_bytes));
+    }
+    let mut t = Table::new(vec!["CONFIG", "PARAMETERS"]);
+    for cfg in &r.configurations {
+        t.row(vec![cfg.index.to_string(), params_inline(&cfg.params_json)]);
+    }
+    out!("{}", t.render());
+    Ok(())
+}
+
+pub async fn cancel(client: &mut Client, reference: String, json: bool) -> anyhow::Result<()> {
+    let r = client
+        .cancel_sweep(pb::CancelSweepRequest { sweep: reference })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let s = r
+        .sweep
+        .ok_or_else(|| anyhow!("the coordinator answered without a sweep"))?;
+    if json {
+        return print_json(&serde_json::json!({
+            "sweep": SweepJson::from(&s),
+            "cancelled_jobs": r.cancelled_jobs,
+        }));
+    }
+    outln!(
+        "sweep {} ({}) is {}: cancelled {} jobs",
+        s.id,
+        s.name,
+        s.state,
+        r.cancelled_jobs
+    );
+    Ok(())
+}
+
+/// Follows a sweep until every job is final, with a progress bar on a
+/// terminal and one line per change otherwise. Returns the final sweep.
+pub async fn watch(client: &mut Client, reference: String) -> anyhow::Result<pb::Sweep> {
+    use pb::watch_sweep_response::Event;
+    let mut stream = client
+        .watch_sweep(pb::WatchSweepRequest { sweep: reference })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let tty = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(0);
+    if tty {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} finished  {msg}",
+            )
+            .expect("static template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut last: Option<pb::Sweep> = None;
+    while let Some(msg) = stream.message().await.map_err(status_error)? {
+        match msg.event {
+            Some(Event::Sweep(s)) => {
+                let c = s.counts.unwrap_or_default();
+                bar.set_length(u64::from(s.jobs_total));
+                bar.set_position(u64::from(c.succeeded + c.failed + c.cancelled));
+                bar.set_message(format!(
+                    "running {}, queued {}, failed {}",
+                    c.running + c.assigned,
+                    c.queued,
+                    c.failed
+                ));
+                last = Some(s);
+            }
+            Some(Event::Change(e)) if !tty => {
+                outln!(
+                    "job {} (config {} fold {}) attempt {}: {} -> {}{}",
+                    e.job_id,
+                    e.config_index,
+                    e.fold,
+                    e.attempt,
+                    state_name(e.from_state),
+                    state_name(e.to_state),
+                    if e.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", e.reason)
+                    }
+                );
+            }
+            _ => {}
+        }
+    }
+    bar.finish_and_clear();
+    let s = last.ok_or_else(|| anyhow!("the watch ended before the coordinator sent the sweep"))?;
+    let c = s.counts.unwrap_or_default();
+    outln!(
+        "sweep {} ({}) {}: {} succeeded, {} failed, {} cancelled of {} jobs",
+        s.id,
+        s.name,
+        s.state,
+        c.succeeded,
+        c.failed,
+        c.cancelled,
+        s.jobs_total
+    );
+    Ok(s)
+}
+
+/// The id of the newest sweep (the default of `leaderboard`).
+pub async fn newest_sweep(client: &mut Client) -> anyhow::Result<String> {
+    let sweeps = client
+        .list_sweeps(pb::ListSweepsRequest::default())
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .sweeps;
+    sweeps
+        .first()
+        .map(|s| s.id.to_string())
+        .ok_or_else(|| anyhow!("no sweep has been submitted yet"))
+}

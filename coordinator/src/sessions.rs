@@ -1,0 +1,422 @@
+//! Agent sessions: hello (registration, missed updates, reconciliation of
+//! what the agent runs against the store), the messages of an open session,
+//! its end, lease expiry, and the two halves of an upload's bookkeeping.
+//! Every job message is fenced by its attempt (see `store::lifecycle`); a
+//! stale one is answered with a cancellation so the agent stops it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use sweepfold_common::{Attempt, JobId, JobState};
+
+use crate::agent_messages::{AgentView, DatasetInfo, FromAgent, Hello, RunningJob, UploadHeader};
+use crate::blobs::Verified;
+use crate::error::{Error, Result};
+use crate::job_updates::Effects;
+use crate::state::{AgentSession, AgentTx, CoordinatorHandle, Core, ToAgent, now_ms};
+use crate::store::{AgentRecord, DatasetRecord, EventRecord, JobRecord, Outcome, OutputRecord};
+
+fn valid_agent_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Core {
+    /// Registers datasets, noting hashes that differ from the first
+    /// registration of their name.
+    fn register_datasets(
+        &mut self,
+        agent: &str,
+        datasets: &[DatasetInfo],
+    ) -> Result<BTreeSet<String>> {
+        let mut mismatched = BTreeSet::new();
+        for d in datasets {
+            let reported = DatasetRecord {
+                name: d.name.clone(),
+                train_csv_sha256: d.train_csv_sha256.clone(),
+                test_csv_sha256: d.test_csv_sha256.clone(),
+                train_rows: d.train_rows,
+                test_rows: d.test_rows,
+                num_classes: d.num_classes,
+                first_agent: agent.to_string(),
+                registered_at_ms: now_ms(),
+            };
+            let registered = self.store.register_dataset(&reported)?;
+            if !registered.same_content(&reported) {
+                tracing::error!(
+                    agent,
+                    dataset = %d.name,
+                    reported_train_sha256 = %d.train_csv_sha256,
+                    registered_train_sha256 = %registered.train_csv_sha256,
+                    first_agent = %registered.first_agent,
+                    "DATASET HASH MISMATCH: this agent's copy differs from the first registration; it gets no jobs of this dataset"
+                );
+                mismatched.insert(d.name.clone());
+            }
+        }
+        Ok(mismatched)
+    }
+
+    /// Compares what an agent says it runs with what the store says it
+    /// should run. `hello` reconciliation also requeues jobs the agent lost.
+    fn reconcile(
+        &mut self,
+        agent: &str,
+        running: &[RunningJob],
+        grace: Duration,
+        hello: bool,
+    ) -> Result<Effects> {
+        let mut fx = Effects::default();
+        let now = now_ms();
+        let reported: HashMap<JobId, Attempt> =
+            running.iter().map(|r| (r.job, r.attempt)).collect();
+        for (&job, &attempt) in &reported {
+            match self.store.check_current(job, attempt, agent) {
+                Ok(j) => {
+                    if hello
+                        && j.state == JobState::Assigned
+                        && let Some(ev) = self.store.mark_running(job, attempt, agent, now)?
+                    {
+                        fx.events.push(ev);
+                    }
+                }
+                Err(Error::StaleAttempt { why, .. }) => {
+                    fx.replies.push(ToAgent::stop_stale(job, attempt, &why));
+                }
+                Err(Error::JobNotFound(_)) => {
+                    fx.replies.push(ToAgent::stop_unknown(job, attempt));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let live_assigned = self
+            .agents
+            .get(agent)
+            .map(|a| a.assigned_at.clone())
+            .unwrap_or_default();
+        let lost: Vec<JobRecord> = self
+            .store
+            .active_jobs()?
+            .into_iter()
+            .filter(|j| j.agent == agent && !reported.contains_key(&j.id))
+            .filter(|j| {
+                hello
+                    || live_assigned
+                        .get(&j.id)
+                        .is_none_or(|at| at.elapsed() > grace)
+            })
+            .collect();
+        for j in lost {
+            let reason = format!("agent {agent} no longer has the job");
+            let done = self.finish(j.id, j.attempt, None, Outcome::Lost { reason }, now)?;
+            tracing::warn!(
+                job = j.id.0,
+                attempt = j.attempt.0,
+                agent,
+                "agent lost a job; requeued"
+            );
+            fx.events.push(done.event);
+            fx.reschedule = true;
+        }
+        Ok(fx)
+    }
+
+    /// Requeues every job of an agent whose lease expired.
+    pub fn expire_lease(&mut self, agent: &str, silent_for: Duration) -> Result<Vec<EventRecord>> {
+        let now = now_ms();
+        let mut events = Vec::new();
+        let jobs: Vec<JobRecord> = self
+            .store
+            .active_jobs()?
+            .into_iter()
+            .filter(|j| j.agent == agent)
+            .collect();
+        for j in jobs {
+            let reason = format!(
+                "agent {agent} stopped responding (nothing heard for {:.1} s)",
+                silent_for.as_secs_f64()
+            );
+            let done = self.finish(j.id, j.attempt, None, Outcome::Lost { reason }, now)?;
+            events.push(done.event);
+        }
+        if let Some(live) = self.agents.get_mut(agent) {
+            if live.connected() {
+                tracing::warn!(
+                    agent,
+                    silent_ms = silent_for.as_millis() as u64,
+                    requeued = events.len(),
+                    "agent lease expired; closing its session"
+                );
+            } else if !events.is_empty() {
+                tracing::warn!(
+                    agent,
+                    requeued = events.len(),
+                    "agent did not come back within its lease"
+                );
+            }
+            live.tx = None;
+            live.lease_expired = true;
+            live.assigned_at.clear();
+        }
+        Ok(events)
+    }
+}
+
+impl CoordinatorHandle {
+    /// Opens an agent's session: registers it, applies what it missed,
+    /// reconciles its running jobs and sends `welcome`. Returns the session
+    /// number that later calls must present.
+    pub async fn agent_hello(&self, mut hello: Hello, tx: AgentTx) -> Result<u64> {
+        if !valid_agent_name(&hello.agent_name) {
+            return Err(Error::InvalidArgument(format!(
+                "agent name `{}` must be 1-100 characters of letters, digits, `-`, `_` or `.`",
+                hello.agent_name
+            )));
+        }
+        crate::validate::hello(&mut hello)?;
+        let cfg = self.config_arc();
+        let (session, events) = self
+            .with_core(move |core| {
+                let name = hello.agent_name.clone();
+                let now = now_ms();
+                let mismatched = core.register_datasets(&name, &hello.datasets)?;
+                let gpus_json = serde_json::to_string(
+                    &hello
+                        .gpus
+                        .iter()
+                        .map(|g| serde_json::json!({"uuid": g.uuid, "index": g.index, "name": g.name, "total_memory_bytes": g.total_memory_bytes}))
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap_or_default();
+                let datasets_json = serde_json::to_string(
+                    &hello
+                        .datasets
+                        .iter()
+                        .map(|d| serde_json::json!({"name": d.name, "train_csv_sha256": d.train_csv_sha256, "test_csv_sha256": d.test_csv_sha256}))
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap_or_default();
+                core.store.upsert_agent(&AgentRecord {
+                    name: name.clone(),
+                    hostname: hello.hostname.clone(),
+                    version: hello.version.clone(),
+                    cpu_only: hello.cpu_only,
+                    gpus_json,
+                    datasets_json,
+                    first_seen_ms: now,
+                    last_seen_ms: now,
+                })?;
+                core.next_session += 1;
+                let session = core.next_session;
+                let health = core
+                    .agents
+                    .get(&name)
+                    .map(|a| a.health.clone())
+                    .unwrap_or_default();
+                core.agents.insert(
+                    name.clone(),
+                    AgentSession {
+                        session,
+                        tx: Some(tx),
+                        hostname: hello.hostname.clone(),
+                        version: hello.version.clone(),
+                        cpu_only: hello.cpu_only,
+                        cpu_slots: hello.cpu_slots.max(1),
+                        gpus: hello.gpus.clone(),
+                        datasets: hello.datasets.clone(),
+                        mismatched,
+                        last_seen: Instant::now(),
+                        last_seen_ms: now,
+                        lease_expired: false,
+                        health,
+                        assigned_at: HashMap::new(),
+                        refused: BTreeSet::new(),
+                    },
+                );
+                let mut events = Vec::new();
+                let mut replies = Vec::new();
+                for u in &hello.missed_updates {
+                    let fx = core.apply_job_update(&name, u, &cfg)?;
+                    events.extend(fx.events);
+                    replies.extend(fx.replies);
+                }
+                let fx = core.reconcile(&name, &hello.running, Duration::ZERO, true)?;
+                events.extend(fx.events);
+                let stale: Vec<(JobId, Attempt)> = fx
+                    .replies
+                    .iter()
+                    .filter_map(|m| match m {
+                        ToAgent::Cancel { job, attempt, .. } => Some((*job, *attempt)),
+                        _ => None,
+                    })
+                    .collect();
+                let live = core.agents.get(&name).expect("just inserted");
+                live.send(ToAgent::Welcome {
+                    heartbeat_interval_ms: cfg.heartbeat_interval_ms as u32,
+                    lease_ms: cfg.lease_ms as u32,
+                    stale,
+                });
+                for r in replies {
+                    live.send(r);
+                }
+                tracing::info!(
+                    agent = %name,
+                    session,
+                    host = %hello.hostname,
+                    gpus = hello.gpus.len(),
+                    cpu_only = hello.cpu_only,
+                    running = hello.running.len(),
+                    missed_updates = hello.missed_updates.len(),
+                    spec_version = hello.spec_version,
+                    "agent connected"
+                );
+                Ok((session, events))
+            })
+            .await?;
+        self.publish(events);
+        self.poke();
+        Ok(session)
+    }
+
+    /// Handles one message of an open session.
+    pub async fn agent_message(&self, agent: String, session: u64, msg: FromAgent) -> Result<()> {
+        let cfg = self.config_arc();
+        let grace = Duration::from_millis(2 * cfg.heartbeat_interval_ms + 2_000);
+        let fx = self
+            .with_core(move |core| {
+                let Some(live) = core.agents.get_mut(&agent) else {
+                    return Err(Error::FailedPrecondition(
+                        "unknown agent; send hello first".into(),
+                    ));
+                };
+                if live.session != session || !live.connected() {
+                    return Err(Error::FailedPrecondition(
+                        "this session was replaced or expired; reconnect".into(),
+                    ));
+                }
+                live.last_seen = Instant::now();
+                live.last_seen_ms = now_ms();
+                let fx = match msg {
+                    FromAgent::Heartbeat(mut hb) => {
+                        crate::validate::heartbeat(&mut hb);
+                        live.gpus = hb.gpus;
+                        let mut fx = core.reconcile(&agent, &hb.running, grace, false)?;
+                        fx.reschedule = true;
+                        fx
+                    }
+                    FromAgent::JobUpdate(u) => core.apply_job_update(&agent, &u, &cfg)?,
+                    FromAgent::Hello => {
+                        return Err(Error::InvalidArgument(
+                            "hello is only valid as the first message of a session".into(),
+                        ));
+                    }
+                    FromAgent::Empty => Effects::default(),
+                };
+                if let Some(live) = core.agents.get(&agent) {
+                    for r in &fx.replies {
+                        live.send(r.clone());
+                    }
+                }
+                Ok(fx)
+            })
+            .await?;
+        self.publish(fx.events);
+        if fx.reschedule {
+            self.poke();
+        }
+        Ok(())
+    }
+
+    /// The session's stream ended. The agent's jobs keep their state until
+    /// its lease expires, so a quick reconnect loses nothing.
+    pub async fn agent_gone(&self, agent: String, session: u64) {
+        let _ = self
+            .with_core(move |core| {
+                if let Some(live) = core.agents.get_mut(&agent)
+                    && live.session == session
+                {
+                    live.tx = None;
+                    tracing::info!(agent = %agent, session, "agent disconnected");
+                }
+                Ok(())
+            })
+            .await;
+    }
+
+    /// Checks an upload's header: the attempt must be current on the agent.
+    /// Returns the dataset registration (to verify contents against) and
+    /// whether the blob is already stored.
+    pub async fn upload_check(&self, h: UploadHeader) -> Result<(Option<DatasetRecord>, bool)> {
+        let blobs = self.blobs().clone();
+        self.with_core(move |core| {
+            let job = core.store.check_current(h.job, h.attempt, &h.agent_name)?;
+            let sweep = core
+                .store
+                .get_sweep(job.sweep_id)?
+                .ok_or_else(|| Error::SweepNotFound(job.sweep_id.to_string()))?;
+            let dataset = core.store.dataset(&sweep.dataset)?;
+            Ok((dataset, blobs.exists(&h.sha256, &h.role)))
+        })
+        .await
+    }
+
+    /// Records a verified, stored upload (fenced again: the attempt may
+    /// have been requeued while the bytes arrived).
+    pub async fn upload_record(&self, h: UploadHeader, v: Verified) -> Result<()> {
+        self.with_core(move |core| {
+            let (job, attempt) = (h.job, h.attempt);
+            core.store.check_current(job, attempt, &h.agent_name)?;
+            core.store.record_output(
+                &OutputRecord {
+                    job_id: job,
+                    attempt,
+                    role: h.role.clone(),
+                    sha256: h.sha256.clone(),
+                    dtype: v.dtype,
+                    shape: v.shape,
+                    size_bytes: h.size_bytes,
+                },
+                now_ms(),
+            )
+        })
+        .await
+    }
+
+    /// Every agent the coordinator has seen, with live readings.
+    pub async fn list_agents(&self) -> Result<Vec<AgentView>> {
+        self.with_core(|core| {
+            let active = core.store.active_jobs()?;
+            let mut out = Vec::new();
+            for (name, a) in &core.agents {
+                let mut datasets = a.datasets.clone();
+                datasets.sort_by(|x, y| x.name.cmp(&y.name));
+                out.push(AgentView {
+                    name: name.clone(),
+                    hostname: a.hostname.clone(),
+                    connected: a.connected(),
+                    last_seen_ms: a.last_seen_ms,
+                    cpu_only: a.cpu_only,
+                    gpus: a.gpus.clone(),
+                    datasets,
+                    running_job_ids: active
+                        .iter()
+                        .filter(|j| &j.agent == name)
+                        .map(|j| j.id)
+                        .collect(),
+                    unhealthy_reason: a
+                        .health
+                        .unhealthy_reason(Instant::now())
+                        .unwrap_or_default()
+                        .to_string(),
+                    version: a.version.clone(),
+                    mismatched_datasets: a.mismatched.iter().cloned().collect(),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

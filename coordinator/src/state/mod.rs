@@ -1,0 +1,182 @@
+//! The coordinator's state ([`Core`]: the store and what memory caches
+//! beside it) behind a cheap cloneable handle ([`CoordinatorHandle`]). The
+//! features (`sweeps`, `sessions`, `job_updates`, `scheduler`, `results`)
+//! add their operations to the handle; this module knows none of them.
+//!
+//! Concurrency: one mutex guards the core. [`CoordinatorHandle::with_core`]
+//! runs a closure under it on tokio's blocking pool; a closure writes SQLite
+//! first and the handle publishes events only after it returns, so
+//! subscribers never see a change the store does not have. Work that needs
+//! no lock (reading blobs, ensembling, rendering) runs outside it.
+
+mod agent_session;
+
+pub use agent_session::{AgentSession, AgentTx, Assignment, Health, ToAgent};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use sweepfold_common::{Attempt, Bytes, JobId, SweepId};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use crate::blobs::BlobStore;
+use crate::config::CoordinatorConfig;
+use crate::error::{Error, Result};
+use crate::store::{EventRecord, Finished, Outcome, Store};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Everything behind the lock: the store (the truth) and what memory
+/// caches beside it (live agents, learned memory peaks).
+pub struct Core {
+    pub store: Store,
+    pub agents: BTreeMap<String, AgentSession>,
+    /// Largest successful peak GPU memory per memory key.
+    pub learned: HashMap<String, Bytes>,
+    pub next_session: u64,
+    /// Sweeps whose last open job ended in this critical section; their
+    /// automatic ensembles start when it ends.
+    pub finished_sweeps: Vec<SweepId>,
+}
+
+impl Core {
+    /// Ends an attempt (see [`Store::finish`]) and notes a sweep it finishes.
+    pub fn finish(
+        &mut self,
+        job: JobId,
+        attempt: Attempt,
+        agent: Option<&str>,
+        outcome: Outcome,
+        now_ms: i64,
+    ) -> Result<Finished> {
+        let done = self.store.finish(job, attempt, agent, outcome, now_ms)?;
+        if let Some(sweep) = done.sweep_finished {
+            tracing::info!(sweep = sweep.0, "sweep finished");
+            self.finished_sweeps.push(sweep);
+        }
+        Ok(done)
+    }
+}
+
+#[derive(Clone)]
+pub struct CoordinatorHandle {
+    core: Arc<Mutex<Core>>,
+    events: broadcast::Sender<Arc<EventRecord>>,
+    config: Arc<CoordinatorConfig>,
+    blobs: BlobStore,
+    shutdown: CancellationToken,
+    wake: Arc<Notify>,
+    /// Sweeps whose last job just ended, for the automatic ensembles.
+    finished: broadcast::Sender<SweepId>,
+}
+
+impl CoordinatorHandle {
+    /// Opens the store in the configured data dir and rebuilds the memory
+    /// cache from it.
+    pub fn open(config: CoordinatorConfig) -> Result<Self> {
+        let store = Store::open(&config.data_dir)?;
+        let blobs = BlobStore::open(&config.data_dir)?;
+        let now = Instant::now();
+        let agents = store
+            .agent_records()?
+            .iter()
+            .map(|r| (r.name.clone(), AgentSession::from_record(r, now)))
+            .collect();
+        let learned = store.learned_peaks()?.into_iter().collect();
+        let (events, _) = broadcast::channel(4096);
+        Ok(CoordinatorHandle {
+            core: Arc::new(Mutex::new(Core {
+                store,
+                agents,
+                learned,
+                next_session: 0,
+                finished_sweeps: Vec::new(),
+            })),
+            events,
+            config: Arc::new(config),
+            blobs,
+            shutdown: CancellationToken::new(),
+            wake: Arc::new(Notify::new()),
+            finished: broadcast::channel(1024).0,
+        })
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    pub fn config_arc(&self) -> Arc<CoordinatorConfig> {
+        self.config.clone()
+    }
+
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Asks the scheduler to plan again soon.
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Cancelled when the server shuts down; long-lived streams end on it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Sweeps that finish from now on.
+    pub fn finished_sweeps(&self) -> broadcast::Receiver<SweepId> {
+        self.finished.subscribe()
+    }
+
+    /// Job state changes committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>> {
+        self.events.subscribe()
+    }
+
+    /// Runs `f` with the core locked on the blocking pool.
+    pub async fn with_core<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Core) -> Result<T> + Send + 'static,
+    {
+        let core = self.core.clone();
+        let (result, finished) = tokio::task::spawn_blocking(move || {
+            let mut guard = match core.lock() {
+                Ok(g) => g,
+                Err(_) => {
+                    return (
+                        Err(Error::Internal("coordinator state lock poisoned".into())),
+                        Vec::new(),
+                    );
+                }
+            };
+            let result = f(&mut guard);
+            (result, std::mem::take(&mut guard.finished_sweeps))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("store task failed: {e}")))?;
+        // The results feature ensembles them (see `results::start`).
+        for sweep in finished {
+            let _ = self.finished.send(sweep);
+        }
+        result
+    }
+
+    pub fn publish(&self, events: impl IntoIterator<Item = EventRecord>) {
+        for ev in events {
+            // No subscribers is fine.
+            let _ = self.events.send(Arc::new(ev));
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Sweeps as a whole: submit (validate, expand, commit), look up, cancel.
+//! Parsing and expanding a sweep file runs before the lock is taken; only
+//! the insert runs under it.
+
+use sweepfold_common::sweep::{Limits, Sweep, parse_sweep};
+use sweepfold_common::{JobId, JobState, SweepId};
+
+use crate::auth::Identity;
+use crate::error::{Error, Result};
+use crate::state::{CoordinatorHandle, ToAgent, now_ms};
+use crate::store::{
+    ConfigRecord, EventRecord, JobRecord, MetricRecord, NewSweep, OutputRecord, SweepRecord,
+};
+
+/// One job with everything recorded about it.
+pub struct JobDetail {
+    pub job: JobRecord,
+    pub history: Vec<EventRecord>,
+    pub metrics: Vec<MetricRecord>,
+    pub outputs: Vec<OutputRecord>,
+}
+
+/// Owner recorded when neither the file nor the request names one.
+pub const ANONYMOUS_OWNER: &str = "anonymous";
+
+impl CoordinatorHandle {
+    /// Validates, expands and commits a sweep. Nothing is stored when the
+    /// file is rejected.
+    pub async fn submit(
+        &self,
+        source_yaml: String,
+        file_name: String,
+        default_owner: String,
+        who: Identity,
+    ) -> Result<SweepRecord> {
+        let limits = Limits {
+            max_jobs: self.config().max_jobs_per_sweep,
+        };
+        let file_name = if file_name.trim().is_empty() {
+            "sweep.yaml".to_string()
+        } else {
+            file_name
+        };
+        self.with_core(move |core| {
+            let sweep: Sweep = parse_sweep(&source_yaml, &file_name, limits)?;
+            let owner = if who.is_anonymous() {
+                sweep
+                    .file
+                    .owner
+                    .clone()
+                    .filter(|o| !o.is_empty())
+                    .or_else(|| Some(default_owner).filter(|o| !o.trim().is_empty()))
+                    .unwrap_or_else(|| ANONYMOUS_OWNER.to_string())
+            } else {
+                // With tokens, a sweep belongs to whoever submits it.
+                match sweep.file.owner.as_deref() {
+                    Some(o) if o != who.name && !who.admin => {
+                        return Err(Error::PermissionDenied(format!(
+                            "your token is `{}`; only an admin may submit a sweep owned by `{o}`",
+                            who.name
+                        )));
+                    }
+                    Some(o) => o.to_string(),
+                    None => who.name.clone(),
+                }
+            };
+            let record = core.store.insert_sweep(&NewSweep {
+                sweep: &sweep,
+                owner: &owner,
+                source_yaml: &source_yaml,
+                file_name: &file_name,
+                now_ms: now_ms(),
+            })?;
+            tracing::info!(
+                sweep = record.id.0,
+                name = %record.name,
+                owner = %record.owner,
+                jobs = record.counts.total(),
+                "sweep submitted"
+            );
+            Ok(record)
+        })
+        .await
+        .inspect(|_| self.poke())
+    }
+
+    pub async fn list_sweeps(&self, owner: Option<String>) -> Result<Vec<SweepRecord>> {
+        self.with_core(move |core| core.store.list_sweeps(owner.as_deref()))
+            .await
+    }
+
+    pub async fn resolve_sweep(&self, reference: String) -> Result<SweepId> {
+        self.with_core(move |core| core.store.resolve_sweep(&reference))
+            .await
+    }
+
+    pub async fn get_sweep(&self, id: SweepId) -> Result<SweepRecord> {
+        self.with_core(move |core| {
+            core.store
+                .get_sweep(id)?
+                .ok_or_else(|| Error::SweepNotFound(id.to_string()))
+        })
+        .await
+    }
+
+    pub async fn sweep_with_configurations(
+        &self,
+        reference: String,
+    ) -> Result<(SweepRecord, Vec<ConfigRecord>)> {
+        self.with_core(move |core| {
+            let id = core.store.resolve_sweep(&reference)?;
+            let sweep = core
+                .store
+                .get_sweep(id)?
+                .ok_or_else(|| Error::SweepNotFound(reference.clone()))?;
+            Ok((sweep, core.store.configurations(id)?))
+        })
+        .await
+    }
+
+    pub async fn list_jobs(
+        &self,
+        reference: String,
+        state: Option<JobState>,
+    ) -> Result<Vec<JobRecord>> {
+        self.with_core(move |core| {
+            let id = core.store.resolve_sweep(&reference)?;
+            core.store.list_jobs(id, state)
+        })
+        .await
+    }
+
+    /// The sweep and all its jobs, read in one critical section.
+    pub async fn sweep_snapshot(&self, id: SweepId) -> Result<(SweepRecord, Vec<JobRecord>)> {
+        self.with_core(move |core| {
+            let sweep = core
+                .store
+                .get_sweep(id)?
+                .ok_or_else(|| Error::SweepNotFound(id.to_string()))?;
+            Ok((sweep, core.store.list_jobs(id, None)?))
+        })
+        .await
+    }
+
+    pub async fn get_job(&self, id: JobId) -> Result<JobDetail> {
+        self.with_core(move |core| {
+            let job = core.store.get_job(id)?.ok_or(Error::JobNotFound(id))?;
+            Ok(JobDetail {
+                history: core.store.job_history(id)?,
+                metrics: core.store.metrics(id)?,
+                outputs: core.store.outputs(id, job.attempt)?,
+                job,
+            })
+        })
+        .await
+    }
+
+    /// Cancels the sweep's open jobs. Returns the sweep afterwards and how
+    /// many jobs this call cancelled.
+    pub async fn cancel_sweep(
+        &self,
+        reference: String,
+        who: Identity,
+    ) -> Result<(SweepRecord, u32)> {
+        let (sweep, changes) = self
+            .with_core(move |core| {
+                let id = core.store.resolve_sweep(&reference)?;
+                let owner = core
+                    .store
+                    .get_sweep(id)?
+                    .ok_or_else(|| Error::SweepNotFound(reference.clone()))?
+                    .owner;
+                if !who.admin && owner != who.name {
+                    return Err(Error::PermissionDenied(format!(
+                        "sweep {id} belongs to `{owner}`; only `{owner}` or an admin may cancel it"
+                    )));
+                }
+                let by = if who.is_anonymous() {
+                    "a user".to_string()
+                } else {
+                    who.name.clone()
+                };
+                let reason = format!("sweep cancelled by {by}");
+                let changes = core.store.cancel_sweep(id, &reason, now_ms())?;
+                let sweep = core
+                    .store
+                    .get_sweep(id)?
+                    .ok_or_else(|| Error::SweepNotFound(reference.clone()))?;
+                Ok((sweep, changes))
+            })
+            .await?;
+        let n = changes.len() as u32;
+        tracing::info!(sweep = sweep.id.0, cancelled = n, "sweep cancelled");
+        let to_stop: Vec<JobRecord> = changes
+            .iter()
+            .filter(|(_, job)| job.state.is_active())
+            .map(|(_, job)| job.clone())
+            .collect();
+        if !to_stop.is_empty() {
+            self.with_core(move |core| {
+                for job in to_stop {
+                    if let Some(live) = core.agents.get(&job.agent) {
+                        live.send(ToAgent::Cancel {
+                            job: job.id,
+                            attempt: job.attempt,
+                            reason: "sweep cancelled".into(),
+                        });
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        self.publish(changes.into_iter().map(|(ev, _)| ev));
+        self.poke();
+        Ok((sweep, n))
+    }
+}

@@ -161,6 +161,16 @@ impl Coordinator {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -32,6 +32,9 @@ pub struct AgentConfig {
     pub reconnect_max_ms: u64,
     /// Lines of a failed job's log sent to the coordinator.
     pub log_tail_lines: usize,
+    /// The most of a job's output kept in its log file (`job.log`); past it
+    /// the output is still read, and left out.
+    pub max_log_bytes: u64,
     /// A job process that fails within this many seconds without reporting
     /// an epoch counts as a failure at start.
     pub start_failure_secs: u64,
@@ -60,6 +63,7 @@ impl Default for AgentConfig {
             cancel_grace_ms: 10_000,
             reconnect_max_ms: 10_000,
             log_tail_lines: 40,
+            max_log_bytes: 256 << 20,
             start_failure_secs: 20,
             token: None,
             token_file: None,

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use sweepfold_proto::BearerToken;
 use sweepfold_proto::v1::agent_gateway_client::AgentGatewayClient;
+use sweepfold_proto::{BearerToken, MAX_MESSAGE_BYTES};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -64,7 +64,13 @@ impl Gateway {
         })
     }
 
+    /// A client with the coordinator's own message limit both ways, so an
+    /// assignment the coordinator may send is one this agent accepts (with
+    /// tonic's 4 MiB default a big one would break the session on every
+    /// reconnection).
     pub fn client(&self) -> GatewayClient {
         AgentGatewayClient::with_interceptor(self.channel.clone(), self.token.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 }

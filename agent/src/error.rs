@@ -27,6 +27,14 @@ pub enum Error {
     },
     #[error("coordinator: {0}")]
     Rpc(String),
+    /// The coordinator refused this agent for good (its name is held by a
+    /// connected agent, or its credentials name another agent): retrying
+    /// cannot help, so the agent stops.
+    #[error("the coordinator refused this agent: {0}")]
+    Refused(String),
+    /// A connected agent holds this agent's name.
+    #[error("the coordinator refused this agent: {0}")]
+    NameInUse(String),
     #[error("{0}")]
     Job(String),
 }

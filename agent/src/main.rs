@@ -15,6 +15,7 @@ use agent::upload::Uploader;
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use sweepfold_common::Bytes;
+use sweepfold_common::dir_lock::DirLock;
 use sweepfold_common::settings::EnvSource;
 use tokio_util::sync::CancellationToken;
 
@@ -120,8 +121,9 @@ fn make_probe(cfg: &AgentConfig) -> anyhow::Result<Option<Arc<dyn GpuProbe>>> {
 async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let probe = make_probe(&cfg)?;
-    std::fs::create_dir_all(&cfg.work_dir)
-        .with_context(|| format!("cannot create work dir {}", cfg.work_dir.display()))?;
+    // Before anything in the work dir is touched (killing orphans above
+    // all): one agent per work dir.
+    let _lock = DirLock::acquire(&cfg.work_dir, "agent")?;
     agent::jobs::kill_orphans(&std::path::absolute(&cfg.work_dir)?);
     let datasets = Arc::new(Datasets::load(&cfg.datasets)?);
     if cfg.datasets.is_empty() {

@@ -31,10 +31,42 @@ pub struct Agent {
     pub gateway: Gateway,
     /// Last good GPU reading (NVML can fail transiently).
     last_gpus: Mutex<Vec<GpuInfo>>,
+    /// Random per process start: tells the coordinator a reconnection from
+    /// a second agent under the same name.
+    instance: String,
 }
 
+/// How many times in a row a hello refused for a name in use is retried
+/// (half a second apart) before the agent gives up: long enough for the
+/// coordinator to notice that the previous process of this agent, killed
+/// a moment ago, is gone; short enough that a second agent started by
+/// mistake stops at once with the coordinator's line.
+const NAME_IN_USE_TRIES: u32 = 6;
+
 fn rpc_err(what: &str, s: tonic::Status) -> Error {
-    Error::Rpc(format!("{what}: {} ({:?})", s.message(), s.code()))
+    match s.code() {
+        tonic::Code::AlreadyExists => Error::NameInUse(s.message().to_string()),
+        tonic::Code::PermissionDenied => Error::Refused(s.message().to_string()),
+        _ => Error::Rpc(format!("{what}: {} ({:?})", s.message(), s.code())),
+    }
+}
+
+/// 16 random bytes, hex: this process's instance id.
+fn new_instance_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_err()
+    {
+        // Unique enough without /dev/urandom: pid and start time.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes[..8].copy_from_slice(&(t as u64).to_le_bytes());
+        bytes[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    hex::encode(bytes)
 }
 
 impl Agent {
@@ -52,6 +84,7 @@ impl Agent {
             jobs,
             gateway,
             last_gpus: Mutex::new(Vec::new()),
+            instance: new_instance_id(),
         }
     }
 
@@ -105,6 +138,8 @@ impl Agent {
             missed_updates: self.jobs.take_for_hello(),
             cpu_slots: self.cfg.cpu_slots,
             spec_version: sweepfold_common::contract::SPEC_VERSION,
+            instance: self.instance.clone(),
+            pid: std::process::id(),
         }
     }
 
@@ -114,6 +149,7 @@ impl Agent {
         let max = Duration::from_millis(self.cfg.reconnect_max_ms.max(200));
         let mut backoff = Duration::from_millis(200);
         let mut ready = false;
+        let mut name_refusals = 0;
         while !shutdown.is_cancelled() {
             let started = Instant::now();
             let result = self
@@ -130,6 +166,25 @@ impl Agent {
             if started.elapsed() > Duration::from_secs(10) {
                 backoff = Duration::from_millis(200);
             }
+            match &result {
+                Err(Error::Refused(why)) => {
+                    tracing::error!(agent = %self.cfg.name, reason = %why, "the coordinator refused this agent; stopping");
+                    return result;
+                }
+                Err(Error::NameInUse(why)) => {
+                    name_refusals += 1;
+                    if name_refusals >= NAME_IN_USE_TRIES {
+                        tracing::error!(agent = %self.cfg.name, reason = %why, "the coordinator refused this agent; stopping");
+                        return result;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+                _ => {}
+            }
+            name_refusals = 0;
             match result {
                 Ok(()) => tracing::warn!("the coordinator closed the session; reconnecting"),
                 Err(e) => tracing::warn!(

@@ -11,7 +11,15 @@ use yaml_rust2::scanner::Marker;
 #[derive(Debug, Default, Clone)]
 pub struct KeyLines {
     lines: HashMap<String, usize>,
+    /// How deeply the document's collections nest (0: a bare scalar).
+    pub depth: usize,
 }
+
+/// Keys nested deeper than this are not indexed: a hostile document nested
+/// thousands of levels deep would otherwise cost memory quadratic in its
+/// depth (every key's path repeats its ancestors'). The sweep parser
+/// refuses such documents anyway (`sweep::MAX_DEPTH`).
+const MAX_INDEXED_DEPTH: usize = 64;
 
 /// Why a document does not parse, where: the line, the key path of the
 /// collection being read, and yaml_rust2's words (without a location).
@@ -24,15 +32,38 @@ pub struct SyntaxError {
 
 impl KeyLines {
     /// Indexes `src`. A document that does not parse yields an empty index.
+    /// Its `depth` is how deep the document nested as far as it parsed.
     pub fn new(src: &str) -> Self {
-        Self::parse(src).unwrap_or_default()
+        let (walker, result) = Self::walk(src);
+        KeyLines {
+            lines: if result.is_ok() {
+                walker.lines
+            } else {
+                HashMap::new()
+            },
+            depth: walker.deepest,
+        }
+    }
+
+    /// Feeds the document's events to a walker one at a time.
+    /// (`Parser::load` would recurse once per level of nesting: a document
+    /// of `- - - - ...` a million deep would overflow the stack.)
+    fn walk(src: &str) -> (Walker, Result<(), yaml_rust2::ScanError>) {
+        let mut walker = Walker::default();
+        let mut parser = Parser::new_from_str(src);
+        loop {
+            match parser.next_token() {
+                Ok((Event::StreamEnd, _)) => return (walker, Ok(())),
+                Ok((ev, mark)) => walker.on_event(ev, mark),
+                Err(e) => return (walker, Err(e)),
+            }
+        }
     }
 
     /// Indexes `src`, or says where and why it does not parse.
     pub fn parse(src: &str) -> Result<Self, SyntaxError> {
-        let mut walker = Walker::default();
-        let mut parser = Parser::new_from_str(src);
-        if let Err(e) = parser.load(&mut walker, false) {
+        let (walker, result) = Self::walk(src);
+        if let Err(e) = result {
             let path = match walker.stack.last() {
                 Some(Frame::Map { path, .. } | Frame::Seq { path, .. }) => path.clone(),
                 None => String::new(),
@@ -45,7 +76,13 @@ impl KeyLines {
         }
         Ok(KeyLines {
             lines: walker.lines,
+            depth: walker.deepest,
         })
+    }
+
+    /// No key is indexed (an empty document, or one that does not parse).
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
     }
 
     /// The line of `path`, or of its longest prefix that has one.
@@ -77,11 +114,16 @@ enum Frame {
 struct Walker {
     stack: Vec<Frame>,
     lines: HashMap<String, usize>,
+    deepest: usize,
 }
 
 impl Walker {
-    /// Path of the node that starts now (a value position).
+    /// Path of the node that starts now (a value position); empty below
+    /// [`MAX_INDEXED_DEPTH`].
     fn value_path(&self) -> String {
+        if self.stack.len() > MAX_INDEXED_DEPTH {
+            return String::new();
+        }
         match self.stack.last() {
             Some(Frame::Map { path, key: Some(k) }) => join(path, k),
             Some(Frame::Seq { path, index }) => format!("{path}[{index}]"),
@@ -100,6 +142,9 @@ impl Walker {
     }
 
     fn node_start(&mut self, mark: Marker) {
+        if self.stack.len() > MAX_INDEXED_DEPTH {
+            return;
+        }
         let path = self.value_path();
         if let Some(Frame::Seq { .. }) = self.stack.last() {
             self.lines.entry(path).or_insert(mark.line());
@@ -119,11 +164,14 @@ impl MarkedEventReceiver for Walker {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
             Event::Scalar(text, ..) => {
+                let deep = self.stack.len() > MAX_INDEXED_DEPTH;
                 if let Some(Frame::Map { path, key }) = self.stack.last_mut()
                     && key.is_none()
                 {
-                    let full = join(path, &text);
-                    self.lines.entry(full).or_insert(mark.line());
+                    if !deep {
+                        let full = join(path, &text);
+                        self.lines.entry(full).or_insert(mark.line());
+                    }
                     *key = Some(text);
                     return;
                 }
@@ -138,11 +186,13 @@ impl MarkedEventReceiver for Walker {
                 self.node_start(mark);
                 let path = self.value_path();
                 self.stack.push(Frame::Map { path, key: None });
+                self.deepest = self.deepest.max(self.stack.len());
             }
             Event::SequenceStart(..) => {
                 self.node_start(mark);
                 let path = self.value_path();
                 self.stack.push(Frame::Seq { path, index: 0 });
+                self.deepest = self.deepest.max(self.stack.len());
             }
             Event::MappingEnd | Event::SequenceEnd => {
                 self.stack.pop();
@@ -169,6 +219,25 @@ mod tests {
         // Unknown sub-path falls back to the nearest known ancestor.
         assert_eq!(k.line_of("kfold.learning_rate"), Some(2));
         assert_eq!(k.line_of("nothing"), None);
+    }
+
+    #[test]
+    fn a_document_nested_thousands_deep_is_measured_in_linear_memory() {
+        // Flow collections: yaml_rust2 stops at 255 levels with an error.
+        let depth = 50_000;
+        let src = format!("a: {}1{}", "[".repeat(depth), "]".repeat(depth));
+        let e = KeyLines::parse(&src).unwrap_err();
+        assert!(e.message.contains("recursion limit"), "{}", e.message);
+        // Block collections have no such limit: measured, indexed to a cap.
+        let block: String = (0..3_000)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        let k = KeyLines::new(&block);
+        assert!(k.depth >= 2_999, "{}", k.depth);
+        assert!(k.lines.len() <= MAX_INDEXED_DEPTH + 2, "{}", k.lines.len());
+        // Compact block sequences nest two bytes a level.
+        let compact = format!("a:\n  {}x\n", "- ".repeat(200_000));
+        assert!(KeyLines::new(&compact).depth >= 200_000);
     }
 
     #[test]

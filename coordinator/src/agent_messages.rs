@@ -57,6 +57,9 @@ pub struct Hello {
     pub cpu_slots: u32,
     /// The highest job spec version the agent understands.
     pub spec_version: u32,
+    /// Random per start of the agent process (empty from older agents).
+    pub instance: String,
+    pub pid: u32,
     pub gpus: Vec<GpuReading>,
     pub datasets: Vec<DatasetInfo>,
     pub running: Vec<RunningJob>,

@@ -136,29 +136,148 @@ impl Auth {
     }
 
     /// Checks an agent's request: its client certificate (when required)
-    /// and its agent token (when tokens are required).
-    pub fn agent<T>(&self, req: &Request<T>) -> std::result::Result<(), Status> {
-        if self.require_agent_cert && req.peer_certs().is_none_or(|c| c.is_empty()) {
-            return Err(Error::Unauthenticated(
-                "agents must present a client certificate signed by the coordinator's CA (agent config client_cert/client_key)".into(),
-            )
-            .into());
-        }
-        match bearer(req) {
+    /// and its agent token (when tokens are required). Returns who the
+    /// credentials say the agent is, to bind its name to.
+    pub fn agent<T>(&self, req: &Request<T>) -> std::result::Result<AgentCredential, Status> {
+        let cert_names = match req.peer_certs() {
+            Some(certs) if !certs.is_empty() => Some(cert_names(certs[0].as_ref())),
+            _ if self.require_agent_cert => {
+                return Err(Error::Unauthenticated(
+                    "agents must present a client certificate signed by the coordinator's CA (agent config client_cert/client_key)".into(),
+                )
+                .into());
+            }
+            _ => None,
+        };
+        let token = match bearer(req) {
             Some(token) => match self.lookup(&token)? {
-                Some(t) if t.kind == TokenKind::Agent => Ok(()),
-                Some(t) => Err(Error::PermissionDenied(format!(
-                    "`{}` is a user token; only agent tokens may use the agent gateway",
-                    t.name
-                ))
-                .into()),
-                None => Err(Error::Unauthenticated("unknown or revoked agent token".into()).into()),
+                Some(t) if t.kind == TokenKind::Agent => Some(t.name),
+                Some(t) => {
+                    return Err(Error::PermissionDenied(format!(
+                        "`{}` is a user token; only agent tokens may use the agent gateway",
+                        t.name
+                    ))
+                    .into());
+                }
+                None => {
+                    return Err(
+                        Error::Unauthenticated("unknown or revoked agent token".into()).into(),
+                    );
+                }
             },
-            None if !self.require_tokens => Ok(()),
-            None => Err(Error::Unauthenticated(
-                "this coordinator requires an agent token (agent config `token` or SWEEPFOLD_AGENT_TOKEN)".into(),
-            )
-            .into()),
+            None if !self.require_tokens => None,
+            None => {
+                return Err(Error::Unauthenticated(
+                    "this coordinator requires an agent token (agent config `token` or SWEEPFOLD_AGENT_TOKEN)".into(),
+                )
+                .into());
+            }
+        };
+        Ok(AgentCredential { token, cert_names })
+    }
+}
+
+/// What an agent's credentials say about its name: the agent token's name,
+/// and the names in its client certificate (common name and DNS names).
+/// With neither (a coordinator without tokens or certificates, on
+/// loopback) any name is accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentCredential {
+    pub token: Option<String>,
+    pub cert_names: Option<Vec<String>>,
+}
+
+impl AgentCredential {
+    /// Whether these credentials may act as agent `name`; the error says
+    /// which credential names another agent.
+    pub fn admits(&self, name: &str) -> Result<()> {
+        if let Some(token) = &self.token
+            && token != name
+        {
+            return Err(Error::PermissionDenied(format!(
+                "this agent calls itself `{name}` but its token is agent `{token}`'s; an agent token works only for the agent of its name (set the agent's name to `{token}`, or create a token for `{name}` with `coordinator token create {name} --agent`)"
+            )));
         }
+        if let Some(names) = &self.cert_names
+            && !names.iter().any(|n| n == name)
+        {
+            return Err(Error::PermissionDenied(format!(
+                "this agent calls itself `{name}` but its client certificate is for {}; issue it one with `coordinator certs init --agent {name}`",
+                if names.is_empty() {
+                    "no name".to_string()
+                } else {
+                    names
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The common names and DNS subject alternative names of a DER
+/// certificate (already verified against the CA by TLS); none if it does
+/// not parse.
+fn cert_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_string());
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_or_certificate_admits_only_its_own_name() {
+        let open = AgentCredential::default();
+        assert!(open.admits("anything").is_ok());
+        let token = AgentCredential {
+            token: Some("gpu1".into()),
+            cert_names: None,
+        };
+        assert!(token.admits("gpu1").is_ok());
+        let e = token.admits("gpu2").unwrap_err().to_string();
+        assert!(e.contains("`gpu2`") && e.contains("agent `gpu1`'s"), "{e}");
+        let cert = AgentCredential {
+            token: Some("gpu1".into()),
+            cert_names: Some(vec!["gpu1".into()]),
+        };
+        assert!(cert.admits("gpu1").is_ok());
+        let stolen = AgentCredential {
+            token: None,
+            cert_names: Some(vec!["gpu3".into()]),
+        };
+        let e = stolen.admits("gpu1").unwrap_err().to_string();
+        assert!(e.contains("certificate is for `gpu3`"), "{e}");
+    }
+
+    #[test]
+    fn reads_the_names_of_a_certificate_made_by_certs_init() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::certs::init(dir.path(), &[], &["box1".to_string()]).unwrap();
+        let pem = std::fs::read(dir.path().join("agent-box1.pem")).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let der = pem.contents;
+        let names = cert_names(&der);
+        assert!(names.iter().any(|n| n == "box1"), "{names:?}");
+        assert!(cert_names(b"not a certificate").is_empty());
     }
 }

@@ -30,6 +30,9 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A second agent claimed the name of a connected one.
+    #[error("{0}")]
+    NameInUse(String),
     #[error("data dir {}: {source}", path.display())]
     DataDir {
         path: PathBuf,
@@ -86,6 +89,7 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition(_) | Error::StaleAttempt { .. } => Code::FailedPrecondition,
             Error::UploadRejected(_) => Code::InvalidArgument,
             Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::NameInUse(_) => Code::AlreadyExists,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::DiskFull => Code::ResourceExhausted,
             Error::DataDir { .. }

@@ -10,6 +10,7 @@ use coordinator::config::{CoordinatorConfig, Flags};
 use coordinator::store::TokenKind;
 use coordinator::{CoordinatorHandle, server};
 use sweepfold_cli::{DEFAULT_COORDINATOR, outln};
+use sweepfold_common::dir_lock::DirLock;
 use sweepfold_common::settings::EnvSource;
 
 #[derive(Parser)]
@@ -146,6 +147,8 @@ async fn serve(config: Option<PathBuf>, flags: Flags) -> anyhow::Result<()> {
         cfg.auth.require_tokens,
         cfg.tls.require_agent_cert,
     );
+    // Before anything in the data dir is opened: one coordinator per dir.
+    let _lock = DirLock::acquire(&data_dir, "coordinator")?;
     let handle = CoordinatorHandle::open(cfg)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -165,6 +165,31 @@ impl Core {
     }
 }
 
+/// A hello under the name of a connected agent is that agent reconnecting
+/// (the same process instance; for agents older than instances, the same
+/// host) or a second agent, which is refused: it must never take over the
+/// first one's session and jobs. A holder whose session ended or whose
+/// lease expired is no holder.
+fn check_not_held(name: &str, holder: &AgentSession, hello: &Hello) -> Result<()> {
+    if !holder.connected() || holder.lease_expired {
+        return Ok(());
+    }
+    let same = if hello.instance.is_empty() || holder.instance.is_empty() {
+        hello.hostname == holder.hostname
+    } else {
+        hello.instance == holder.instance
+    };
+    if same {
+        return Ok(());
+    }
+    Err(Error::NameInUse(format!(
+        "agent name `{name}` is in use by a connected agent (host {}, pid {}, connected since {}); give this agent another name (--name or `name` in its config) or stop the other one",
+        holder.hostname,
+        holder.pid,
+        sweepfold_common::format_time(holder.connected_since_ms),
+    )))
+}
+
 impl CoordinatorHandle {
     /// Opens an agent's session: registers it, applies what it missed,
     /// reconciles its running jobs and sends `welcome`. Returns the session
@@ -182,6 +207,9 @@ impl CoordinatorHandle {
             .with_core(move |core| {
                 let name = hello.agent_name.clone();
                 let now = now_ms();
+                if let Some(holder) = core.agents.get(&name) {
+                    check_not_held(&name, holder, &hello)?;
+                }
                 let mismatched = core.register_datasets(&name, &hello.datasets)?;
                 let gpus_json = serde_json::to_string(
                     &hello
@@ -221,6 +249,9 @@ impl CoordinatorHandle {
                     AgentSession {
                         session,
                         tx: Some(tx),
+                        instance: hello.instance.clone(),
+                        pid: hello.pid,
+                        connected_since_ms: now,
                         hostname: hello.hostname.clone(),
                         version: hello.version.clone(),
                         cpu_only: hello.cpu_only,
@@ -281,8 +312,15 @@ impl CoordinatorHandle {
         Ok(session)
     }
 
-    /// Handles one message of an open session.
-    pub async fn agent_message(&self, agent: String, session: u64, msg: FromAgent) -> Result<()> {
+    /// Handles one message of an open session, which arrived at `received`
+    /// (its lease is judged by that, not by when the lock was free).
+    pub async fn agent_message(
+        &self,
+        agent: String,
+        session: u64,
+        msg: FromAgent,
+        received: Instant,
+    ) -> Result<()> {
         let cfg = self.config_arc();
         let grace = Duration::from_millis(2 * cfg.heartbeat_interval_ms + 2_000);
         let fx = self
@@ -297,7 +335,7 @@ impl CoordinatorHandle {
                         "this session was replaced or expired; reconnect".into(),
                     ));
                 }
-                live.last_seen = Instant::now();
+                live.last_seen = live.last_seen.max(received);
                 live.last_seen_ms = now_ms();
                 let fx = match msg {
                     FromAgent::Heartbeat(mut hb) => {

@@ -41,8 +41,15 @@ impl CoordinatorHandle {
         } else {
             file_name
         };
+        // Parsing and expanding a big file takes a while: never under the
+        // lock that heartbeats need.
+        let (sweep, source_yaml, file_name) = tokio::task::spawn_blocking(move || {
+            parse_sweep(&source_yaml, &file_name, limits).map(|s| (s, source_yaml, file_name))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("sweep parsing task failed: {e}")))??;
         self.with_core(move |core| {
-            let sweep: Sweep = parse_sweep(&source_yaml, &file_name, limits)?;
+            let sweep: Sweep = sweep;
             let owner = if who.is_anonymous() {
                 sweep
                     .file

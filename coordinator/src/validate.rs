@@ -35,6 +35,12 @@ pub fn hello(h: &mut Hello) -> Result<()> {
             h.cpu_slots
         )));
     }
+    if h.instance.len() > 64 {
+        return Err(Error::InvalidArgument(format!(
+            "agent `{name}`: an instance id of {} bytes is absurd (at most 64)",
+            h.instance.len()
+        )));
+    }
     gpus(name, &h.gpus)?;
     for g in &mut h.gpus {
         clamp_reading(g);

@@ -13,6 +13,7 @@
 //! `uploads.rs` the checks and uploads of its outputs.
 
 mod outbox;
+pub mod output;
 mod prepare;
 mod supervise;
 mod uploads;

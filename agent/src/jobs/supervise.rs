@@ -3,7 +3,6 @@
 //! and the end-of-job report; and killing processes a previous run of the
 //! agent left behind.
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -13,11 +12,38 @@ use sweepfold_common::contract::{SPEC_VERSION, SpecRefusal, decode_spec};
 use sweepfold_common::job_protocol::{self as proto, ChildEvent, env};
 use sweepfold_common::{Bytes, JobId};
 use sweepfold_proto::v1 as pb;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::output::{Line, LineSplitter, Tail};
 use super::{JobManager, PID_FILE};
+
+/// Appends a line to the job's log file, up to `max` bytes in all; past
+/// that one note says the rest was left out (the job keeps running and its
+/// output keeps being read, so a flood cannot fill the disk).
+async fn write_log(log: &mut tokio::fs::File, written: &mut u64, max: u64, line: &Line) {
+    if *written >= max {
+        return;
+    }
+    let text = line.display();
+    let n = text.len() as u64 + 1;
+    if *written + n > max {
+        let _ = log
+            .write_all(
+                format!(
+                    "[sweepfold: the log reached {max} bytes; the rest of the output is left out]\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+        *written = max;
+        return;
+    }
+    let _ = log.write_all(text.as_bytes()).await;
+    let _ = log.write_all(b"\n").await;
+    *written += n;
+}
 
 impl JobManager {
     /// The job was not run: its spec needs a newer agent. Not a failure of
@@ -126,8 +152,10 @@ impl JobManager {
             update: Some(pb::job_update::Update::Started(pb::JobStarted { pid })),
         });
 
-        // Both output streams become lines on one channel.
-        let (line_tx, mut lines) = mpsc::channel::<(bool, String)>(256);
+        // Both output streams become lines on one channel. The readers read
+        // whatever bytes come and never stop before the pipe's end, so no
+        // output can kill the job with SIGPIPE (see `output`).
+        let (line_tx, mut lines) = mpsc::channel::<(bool, Line)>(256);
         for (is_stdout, stream) in [
             (
                 true,
@@ -144,21 +172,39 @@ impl JobManager {
                     .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
             ),
         ] {
-            let Some(stream) = stream else { continue };
+            let Some(mut stream) = stream else { continue };
             let tx = line_tx.clone();
             tokio::spawn(async move {
-                let mut reader = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    if tx.send((is_stdout, line)).await.is_err() {
-                        break;
+                let mut splitter = LineSplitter::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut receiver_gone = false;
+                loop {
+                    let n = match stream.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => break,
+                    };
+                    for line in splitter.feed(&buf[..n]) {
+                        // Once the supervisor stops listening the pipe is
+                        // still drained, so the job never blocks on it.
+                        if !receiver_gone && tx.send((is_stdout, line)).await.is_err() {
+                            receiver_gone = true;
+                        }
                     }
+                }
+                if let Some(line) = splitter.finish()
+                    && !receiver_gone
+                {
+                    let _ = tx.send((is_stdout, line)).await;
                 }
             });
         }
         drop(line_tx);
 
         let started = Instant::now();
-        let mut tail: VecDeque<String> = VecDeque::new();
+        let mut tail = Tail::new(self.cfg.log_tail_lines);
+        let mut log_bytes = 0u64;
         let mut peak = Bytes(0);
         let mut oom_reported = None;
         let mut epochs_reported = 0u32;
@@ -170,12 +216,10 @@ impl JobManager {
             tokio::select! {
                 line = lines.recv(), if lines_open => {
                     let Some((is_stdout, line)) = line else { lines_open = false; continue };
-                    let _ = log.write_all(line.as_bytes()).await;
-                    let _ = log.write_all(b"\n").await;
-                    if tail.len() == self.cfg.log_tail_lines { tail.pop_front(); }
-                    tail.push_back(line.clone());
-                    if !is_stdout { continue; }
-                    match ChildEvent::parse_line(&line) {
+                    write_log(&mut log, &mut log_bytes, self.cfg.max_log_bytes, &line).await;
+                    tail.push(&line);
+                    if !is_stdout || !line.is_whole() { continue; }
+                    match ChildEvent::parse_line(&line.text) {
                         Some(Ok(ChildEvent::Epoch(e))) => {
                             epochs_reported += 1;
                             peak = peak.max(Bytes(e.peak_gpu_memory_bytes));
@@ -229,12 +273,8 @@ impl JobManager {
         while let Ok(Some((_, line))) =
             tokio::time::timeout(Duration::from_millis(200), lines.recv()).await
         {
-            let _ = log.write_all(line.as_bytes()).await;
-            let _ = log.write_all(b"\n").await;
-            if tail.len() == self.cfg.log_tail_lines {
-                tail.pop_front();
-            }
-            tail.push_back(line);
+            write_log(&mut log, &mut log_bytes, self.cfg.max_log_bytes, &line).await;
+            tail.push(&line);
         }
         let _ = log.flush().await;
         // Whatever the child left behind in its group goes too.
@@ -243,7 +283,7 @@ impl JobManager {
         if let Some(p) = &self.probe {
             p.release(pid);
         }
-        let log_tail = tail.into_iter().collect::<Vec<_>>().join("\n");
+        let log_tail = tail.text();
         let status = match status {
             Ok(s) => s,
             Err(e) => return Self::failed(format!("waiting for the job failed: {e}"), log_tail),

@@ -22,6 +22,48 @@ pub fn configuration_count(f: &SweepFile) -> u64 {
     }
 }
 
+/// Roughly how many bytes the expanded configurations take (each holds
+/// its parameters, and its spec with the parameters merged in), without
+/// materialising them: a grid of a few long values can multiply into
+/// gigabytes while its count stays small.
+pub fn expanded_bytes(f: &SweepFile) -> u64 {
+    let len = |v: &Value| serde_json::to_string(v).map_or(0, |s| s.len() as u64);
+    let base = match (&f.trainer, &f.command) {
+        (Some(t), _) => t.iter().map(|(k, v)| k.len() as u64 + len(v)).sum(),
+        (_, Some(c)) => c.iter().map(|a| a.len() as u64 + 3).sum(),
+        _ => 0,
+    };
+    let count = configuration_count(f);
+    let values_of = |s: &ParamSpec| -> Vec<u64> {
+        match (&s.value, &s.values) {
+            (Some(v), _) => vec![len(v)],
+            (None, Some(vs)) => vs.iter().map(len).collect(),
+            (None, None) => vec![24],
+        }
+    };
+    let params: u64 = f
+        .parameters
+        .iter()
+        .map(|(name, s)| {
+            let sizes = values_of(s);
+            let n = sizes.len().max(1) as u64;
+            let each = name.len() as u64 + 4;
+            match f.method {
+                // Every value appears in count / n configurations.
+                Method::Grid => (count / n).saturating_mul(sizes.iter().sum::<u64>() + n * each),
+                Method::Random => {
+                    count.saturating_mul(sizes.iter().copied().max().unwrap_or(0) + each)
+                }
+            }
+        })
+        .fold(0u64, u64::saturating_add);
+    // Parameters twice (alone and merged into the spec), the spec's base
+    // once per configuration.
+    count
+        .saturating_mul(base)
+        .saturating_add(params.saturating_mul(2))
+}
+
 pub(super) fn expand(f: &SweepFile, p: &mut Problems) -> Vec<Configuration> {
     let param_sets: Vec<Map<String, Value>> = match f.method {
         Method::Grid => grid(&f.parameters),

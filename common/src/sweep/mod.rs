@@ -27,12 +27,23 @@ mod expand;
 mod parse;
 mod validate;
 
-pub use expand::configuration_count;
+pub use expand::{configuration_count, expanded_bytes};
 pub use parse::parse_sweep;
 pub use validate::{fill_placeholders, placeholders, resolve_trainer};
 
 /// Default cap on the jobs (configurations x folds) one sweep may expand to.
 pub const DEFAULT_MAX_JOBS: u64 = 10_000;
+
+/// The largest sweep file accepted, checked before anything parses it.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// The deepest nesting of collections a sweep file may have (a real one
+/// nests 4 or 5 levels: `parameters.lr.values[0]`).
+pub const MAX_DEPTH: usize = 32;
+
+/// The most memory a sweep's expanded configurations may take (see
+/// [`expanded_bytes`]).
+pub const MAX_EXPANDED_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

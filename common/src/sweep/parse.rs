@@ -1,21 +1,45 @@
 //! Parsing: YAML to the typed file, every problem with its key path and
 //! line, then validation and expansion.
 
-use super::expand::{configuration_count, expand};
+use super::expand::{configuration_count, expand, expanded_bytes};
 use super::validate::validate_file;
 use super::{
-    Limits, MISSING, Method, Problems, Sweep, SweepErrors, SweepFile, SweepProblem,
-    refine_serde_message,
+    Limits, MAX_DEPTH, MAX_EXPANDED_BYTES, MAX_FILE_BYTES, MISSING, Method, Problems, Sweep,
+    SweepErrors, SweepFile, SweepProblem, refine_serde_message,
 };
 use crate::yaml_lines::KeyLines;
 
 /// Parses, validates and expands a sweep file. `file` names it in errors.
+///
+/// Bounded in time and memory whatever `src` holds: its size and nesting
+/// depth are checked before it is deserialised (the YAML parsers involved
+/// are iterative, and serde_yaml_ng stops alias expansion and recursion at
+/// its own limits), and the expanded size before anything is expanded.
 pub fn parse_sweep(src: &str, file: &str, limits: Limits) -> Result<Sweep, SweepErrors> {
-    let lines = KeyLines::new(src);
     let fail = |problems| SweepErrors {
         file: file.to_string(),
         problems,
     };
+    let whole = |message: String| SweepProblem {
+        path: String::new(),
+        line: None,
+        message,
+    };
+    if src.len() > MAX_FILE_BYTES {
+        return Err(fail(vec![whole(format!(
+            "the file is {} bytes; a sweep file may have at most {MAX_FILE_BYTES}",
+            src.len()
+        ))]));
+    }
+    let lines = KeyLines::new(src);
+    let too_deep = lines.depth > MAX_DEPTH
+        || (lines.is_empty()
+            && KeyLines::parse(src).is_err_and(|e| e.message.contains("recursion limit")));
+    if too_deep {
+        return Err(fail(vec![whole(format!(
+            "the file nests collections more than {MAX_DEPTH} levels deep; a sweep file may nest at most {MAX_DEPTH}"
+        ))]));
+    }
     let parsed: SweepFile = deserialize_yaml(src, &lines).map_err(|p| fail(vec![p]))?;
     let mut problems = Problems {
         lines: &lines,
@@ -40,6 +64,18 @@ pub fn parse_sweep(src: &str, file: &str, limits: Limits) -> Result<Sweep, Sweep
             format!(
                 "this sweep expands to {jobs} jobs ({count} configurations x {} folds), more than the limit of {}; shrink the {what} or raise the coordinator's max_jobs_per_sweep",
                 parsed.kfold.folds, limits.max_jobs
+            ),
+        );
+        return Err(fail(problems.list));
+    }
+    let bytes = expanded_bytes(&parsed);
+    if bytes > MAX_EXPANDED_BYTES {
+        problems.add(
+            "parameters",
+            format!(
+                "this sweep's {count} configurations would take about {} MiB; at most {} MiB are accepted (shorten the parameter values or use fewer of them)",
+                bytes >> 20,
+                MAX_EXPANDED_BYTES >> 20
             ),
         );
         return Err(fail(problems.list));
@@ -82,7 +118,10 @@ fn deserialize_yaml(src: &str, lines: &KeyLines) -> Result<SweepFile, SweepProbl
             Ok(_) => SweepProblem {
                 path: String::new(),
                 line: None,
-                message: e.to_string(),
+                message: match e.to_string() {
+                    m if m.contains("repetition limit exceeded") => "its aliases expand to too many nodes (a YAML alias bomb?); write the values out".to_string(),
+                    m => m,
+                },
             },
         }
     })?;

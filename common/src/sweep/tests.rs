@@ -237,3 +237,106 @@ fn set_dotted_creates_nested_objects() {
         serde_json::json!({"augment": {"noise": {"p": 0.1}, "hflip": {"p": 0.5}}, "lr": 1})
     );
 }
+
+/// Hostile files are refused with a clear error, quickly, whatever they
+/// hold (the server parses what anyone sends).
+mod hostile {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::sweep::{MAX_DEPTH, MAX_FILE_BYTES};
+
+    const HEAD: &str = "name: h\nkfold: {folds: 2}\ndataset: d\ncommand: [\"true\"]\n";
+
+    fn refused_quickly(src: &str) -> String {
+        let start = Instant::now();
+        let e = parse_sweep(src, "h.yaml", Limits::default()).unwrap_err();
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(5), "took {took:?}: {e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn deep_block_nesting() {
+        let deep: String = (0..1_000)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i + 2)))
+            .collect();
+        let e = refused_quickly(&format!("{HEAD}parameters:\n{deep}"));
+        assert!(
+            e.contains(&format!("more than {MAX_DEPTH} levels deep")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn deep_flow_nesting() {
+        let n = 100_000;
+        let e = refused_quickly(&format!(
+            "{HEAD}parameters: {{x: {{values: {}1{}}}}}\n",
+            "[".repeat(n),
+            "]".repeat(n)
+        ));
+        assert!(
+            e.contains(&format!("more than {MAX_DEPTH} levels deep")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_alias_bomb() {
+        let mut src = format!("{HEAD}a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let prev = format!("*a{}", i - 1);
+            src += &format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", "));
+        }
+        let e = refused_quickly(&src);
+        assert!(e.contains("aliases expand to too many nodes"), "{e}");
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit() {
+        let src = format!("{HEAD}# {}\n", "x".repeat(MAX_FILE_BYTES));
+        let e = refused_quickly(&src);
+        assert!(e.contains("a sweep file may have at most"), "{e}");
+    }
+
+    #[test]
+    fn a_grid_of_long_values_that_would_multiply_into_gigabytes() {
+        // 70 x 70 configurations (9,800 jobs: within max_jobs), each
+        // holding a 5 KB value of each parameter: a 700 KB file that would
+        // expand to about 100 MB.
+        let long = |p: &str| {
+            (0..70)
+                .map(|i| format!("\"{p}{i}{}\"", "v".repeat(5_000)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let src = format!(
+            "{HEAD}parameters:\n  a: {{values: [{}]}}\n  b: {{values: [{}]}}\n",
+            long("a"),
+            long("b")
+        );
+        let e = refused_quickly(&src);
+        assert!(e.contains("would take about"), "{e}");
+    }
+}
+
+#[test]
+fn compact_sequences_nested_half_a_million_deep_do_not_overflow_the_stack() {
+    let src = format!(
+        "name: h\nkfold: {{folds: 2}}\ndataset: d\ncommand: [\"true\"]\nparameters:\n  x:\n    values:\n      {}x\n",
+        "- ".repeat(500_000)
+    );
+    // On a thread with a small stack, as a server's worker might have.
+    let e = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            parse_sweep(&src, "h.yaml", Limits::default())
+                .unwrap_err()
+                .to_string()
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    assert!(e.contains("levels deep"), "{e}");
+}

@@ -9,7 +9,7 @@ use anyhow::{Context, anyhow};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sweepfold_common::Bytes;
-use sweepfold_common::sweep::{Limits, Sweep, parse_sweep};
+use sweepfold_common::sweep::{Limits, MAX_FILE_BYTES, Sweep, parse_sweep};
 use sweepfold_proto::v1 as pb;
 
 use crate::output::*;
@@ -75,8 +75,25 @@ impl From<&pb::Sweep> for SweepJson {
 
 /// Reads and validates a sweep file locally (same rules as the server).
 pub fn read_sweep_file(path: &Path, limits: Limits) -> anyhow::Result<(String, String, Sweep)> {
-    let text = std::fs::read_to_string(path)
+    // Read at most one byte past the limit: a huge file (or /dev/zero) is
+    // refused without being read whole.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(f, MAX_FILE_BYTES as u64 + 1),
+                &mut bytes,
+            )
+        })
         .with_context(|| format!("cannot read sweep file {}", path.display()))?;
+    if bytes.len() > MAX_FILE_BYTES {
+        anyhow::bail!(
+            "{}: the file is more than {MAX_FILE_BYTES} bytes; a sweep file may have at most that",
+            path.display()
+        );
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow!("{}: the file is not UTF-8 text", path.display()))?;
     let name = path.display().to_string();
     let sweep = parse_sweep(&text, &name, limits).map_err(|e| anyhow!("{e}"))?;
     Ok((text, name, sweep))

@@ -298,6 +298,8 @@ pub fn hello(h: pb::Hello) -> am::Hello {
         cpu_only: h.cpu_only,
         cpu_slots: h.cpu_slots,
         spec_version: h.spec_version,
+        instance: h.instance,
+        pid: h.pid,
         gpus: h.gpus.into_iter().map(gpu_reading).collect(),
         datasets: h.datasets.into_iter().map(dataset_info).collect(),
         running: h.running.into_iter().map(running).collect(),

@@ -43,7 +43,7 @@ impl AgentGateway for GatewayService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        self.auth.agent(&request)?;
+        let credential = self.auth.agent(&request)?;
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -55,6 +55,7 @@ impl AgentGateway for GatewayService {
             ));
         };
         let name = hello.agent_name.clone();
+        credential.admits(&name)?;
         let (tx, rx) = mpsc::channel(1024);
         let session = self.handle.agent_hello(convert::hello(hello), tx).await?;
         let handle = self.handle.clone();
@@ -67,8 +68,9 @@ impl AgentGateway for GatewayService {
                 };
                 match msg {
                     Ok(Some(m)) => {
+                        let received = std::time::Instant::now();
                         if let Err(e) = handle
-                            .agent_message(name.clone(), session, convert::from_agent(m))
+                            .agent_message(name.clone(), session, convert::from_agent(m), received)
                             .await
                         {
                             match e {
@@ -103,7 +105,7 @@ impl AgentGateway for GatewayService {
         request: Request<Streaming<pb::UploadChunk>>,
     ) -> Result<Response<pb::UploadOutputResponse>, Status> {
         use pb::upload_chunk::Chunk;
-        self.auth.agent(&request)?;
+        let credential = self.auth.agent(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(pb::UploadChunk {
@@ -115,6 +117,9 @@ impl AgentGateway for GatewayService {
                 ));
             }
         };
+        // The agent uploads under its own name only; `upload_check` then
+        // accepts only the attempt assigned to that agent.
+        credential.admits(&header.agent_name)?;
         if OutputRole::parse(&header.role).is_none() {
             return Err(Error::UploadRejected(format!(
                 "unknown role `{}`; expected one of {}",

@@ -232,6 +232,17 @@ impl Core {
         Ok(events)
     }
 
+    /// Gives every agent whose lease still runs a fresh one from `now`;
+    /// returns how many.
+    fn renew_leases(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        for a in self.agents.values_mut().filter(|a| !a.lease_expired) {
+            a.last_seen = a.last_seen.max(now);
+            n += 1;
+        }
+        n
+    }
+
     /// Agents whose lease has expired and that still hold jobs or a session.
     fn expired_agents(&self, lease: Duration) -> Vec<(String, Duration)> {
         self.agents
@@ -252,11 +263,44 @@ impl CoordinatorHandle {
         Ok(n)
     }
 
-    /// Requeues the jobs of agents whose lease expired.
-    pub async fn check_leases(&self) -> Result<()> {
+    /// Requeues the jobs of agents whose lease expired. `since_last` is the
+    /// time since the loop's previous tick (by the monotonic clock) and
+    /// `tick` the time it meant to wait: a longer gap means the coordinator
+    /// itself was paused.
+    ///
+    /// Leases are judged by when agents' messages arrived; after any pause
+    /// of the coordinator's own (this loop late, a call on the core that
+    /// took longer than a heartbeat interval) every agent first gets a fresh
+    /// lease, since their messages were stuck behind the pause, not missing.
+    pub async fn check_leases(&self, since_last: Duration, tick: Duration) -> Result<()> {
         let lease = Duration::from_millis(self.config().lease_ms);
+        let this = self.clone();
+        let asked = Instant::now();
         let events = self
             .with_core(move |core| {
+                let now = Instant::now();
+                let slack = this.pauses().slack();
+                let late = since_last.saturating_sub(tick);
+                let waited = now - asked;
+                let noted = this.pauses().since(core.leases_checked_at);
+                core.leases_checked_at = now;
+                let pause = if late > slack {
+                    Some(("this loop woke late", late))
+                } else if waited > slack {
+                    Some(("the state lock was held", waited))
+                } else {
+                    noted.map(|(_, took)| ("a call on the state took long", took))
+                };
+                if let Some((why, took)) = pause {
+                    let renewed = core.renew_leases(now);
+                    tracing::warn!(
+                        paused_ms = took.as_millis() as u64,
+                        cause = why,
+                        renewed,
+                        "the coordinator itself was paused; every agent gets a fresh lease before any is judged"
+                    );
+                    return Ok(Vec::new());
+                }
                 let mut events = Vec::new();
                 for (agent, silent) in core.expired_agents(lease) {
                     events.extend(core.expire_lease(&agent, silent)?);
@@ -292,12 +336,16 @@ impl CoordinatorHandle {
         let this = self.clone();
         tokio::spawn(async move {
             let tick = Duration::from_millis((this.config().lease_ms / 10).clamp(50, 1000));
+            let mut last = Instant::now();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(tick) => {},
                 }
-                if let Err(e) = this.check_leases().await {
+                let now = Instant::now();
+                let since_last = now - last;
+                last = now;
+                if let Err(e) = this.check_leases(since_last, tick).await {
                     tracing::error!(error = %e, "lease check failed");
                 }
             }

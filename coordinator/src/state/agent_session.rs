@@ -90,6 +90,11 @@ pub struct AgentSession {
     pub session: u64,
     /// `Some` while a session is open.
     pub tx: Option<AgentTx>,
+    /// The agent process of the open session (see `Hello::instance`), its
+    /// pid, and when the session opened.
+    pub instance: String,
+    pub pid: u32,
+    pub connected_since_ms: i64,
     pub hostname: String,
     pub version: String,
     pub cpu_only: bool,
@@ -132,6 +137,9 @@ impl AgentSession {
         AgentSession {
             session: 0,
             tx: None,
+            instance: String::new(),
+            pid: 0,
+            connected_since_ms: 0,
             hostname: r.hostname.clone(),
             version: r.version.clone(),
             cpu_only: r.cpu_only,

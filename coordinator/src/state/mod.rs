@@ -44,6 +44,48 @@ pub struct Core {
     /// Sweeps whose last open job ended in this critical section; their
     /// automatic ensembles start when it ends.
     pub finished_sweeps: Vec<SweepId>,
+    /// When the lease loop last judged the agents' leases.
+    pub leases_checked_at: Instant,
+}
+
+/// Remembers the coordinator's own pauses: a call on the core that took
+/// longer than `slack` from asking for the lock to releasing it (a long
+/// lock hold, a slow commit, the process frozen). Agents' messages were
+/// stuck behind it, so the lease loop gives every agent a fresh lease
+/// instead of counting that time as their silence.
+#[derive(Debug)]
+pub struct PauseWatch {
+    slack: std::time::Duration,
+    last: Mutex<Option<(Instant, std::time::Duration)>>,
+}
+
+impl PauseWatch {
+    pub fn new(slack: std::time::Duration) -> PauseWatch {
+        PauseWatch {
+            slack,
+            last: Mutex::new(None),
+        }
+    }
+
+    pub fn slack(&self) -> std::time::Duration {
+        self.slack
+    }
+
+    /// Notes a call that took `took`, ending now.
+    pub fn note(&self, took: std::time::Duration) {
+        if took > self.slack {
+            *self.last.lock().expect("pause watch") = Some((Instant::now(), took));
+        }
+    }
+
+    /// The last pause noted after `since`, if any: (when it ended, how
+    /// long it was).
+    pub fn since(&self, since: Instant) -> Option<(Instant, std::time::Duration)> {
+        self.last
+            .lock()
+            .expect("pause watch")
+            .filter(|(at, _)| *at > since)
+    }
 }
 
 impl Core {
@@ -75,6 +117,7 @@ pub struct CoordinatorHandle {
     wake: Arc<Notify>,
     /// Sweeps whose last job just ended, for the automatic ensembles.
     finished: broadcast::Sender<SweepId>,
+    pauses: Arc<PauseWatch>,
 }
 
 impl CoordinatorHandle {
@@ -98,8 +141,12 @@ impl CoordinatorHandle {
                 learned,
                 next_session: 0,
                 finished_sweeps: Vec::new(),
+                leases_checked_at: now,
             })),
             events,
+            pauses: Arc::new(PauseWatch::new(std::time::Duration::from_millis(
+                config.heartbeat_interval_ms,
+            ))),
             config: Arc::new(config),
             blobs,
             shutdown: CancellationToken::new(),
@@ -114,6 +161,11 @@ impl CoordinatorHandle {
 
     pub fn config_arc(&self) -> Arc<CoordinatorConfig> {
         self.config.clone()
+    }
+
+    /// The coordinator's own pauses (see [`PauseWatch`]).
+    pub fn pauses(&self) -> &PauseWatch {
+        &self.pauses
     }
 
     pub fn blobs(&self) -> &BlobStore {
@@ -151,6 +203,8 @@ impl CoordinatorHandle {
         F: FnOnce(&mut Core) -> Result<T> + Send + 'static,
     {
         let core = self.core.clone();
+        let pauses = self.pauses.clone();
+        let asked = Instant::now();
         let (result, finished) = tokio::task::spawn_blocking(move || {
             let mut guard = match core.lock() {
                 Ok(g) => g,
@@ -162,7 +216,10 @@ impl CoordinatorHandle {
                 }
             };
             let result = f(&mut guard);
-            (result, std::mem::take(&mut guard.finished_sweeps))
+            let finished = std::mem::take(&mut guard.finished_sweeps);
+            drop(guard);
+            pauses.note(asked.elapsed());
+            (result, finished)
         })
         .await
         .map_err(|e| Error::Internal(format!("store task failed: {e}")))?;

@@ -1,0 +1,384 @@
+//! Faults a team meets in its first weeks, each over real processes: a
+//! second agent under a name in use, a second process on a data or work dir,
+//! the coordinator itself frozen longer than a lease, a job printing bytes
+//! of any kind, and hostile sweep files sent straight to the server.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sweepfold_tests::cluster::Cluster;
+use sweepfold_tests::{Agent, Coordinator, FAST_LEASE, bin, mnist_sketch_dataset, wait_for};
+
+fn cpu_agent(url: &str, name: &str, work_dir: &Path) -> Agent {
+    Agent::start(
+        url,
+        name,
+        work_dir,
+        &[
+            "--cpu",
+            "--cpu-slots",
+            "2",
+            "--dataset",
+            &mnist_sketch_dataset(),
+        ],
+    )
+}
+
+/// A command sweep of `folds` quick jobs that sleep `sleep` seconds.
+fn sleepy_sweep(dir: &Path, name: &str, folds: u32, sleep: &str) -> String {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"name: {name}
+kfold: {{folds: {folds}}}
+dataset: mnist-sketch
+command: ["python3", "examples/train_example.py", "--model", "prior", "--epochs", "1", "--sleep", "{sleep}"]
+retries: 0
+"#
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn jobs(coord: &Coordinator, sweep: &str) -> Vec<Value> {
+    coord.cli_json(&["jobs", sweep]).as_array().unwrap().clone()
+}
+
+fn wait_finished(coord: &Coordinator, name: &str, secs: u64) {
+    wait_for(
+        &format!("sweep {name} to finish"),
+        Duration::from_secs(secs),
+        || (coord.cli_json(&["sweep", name])["sweep"]["state"] == "finished").then_some(()),
+    );
+}
+
+/// Every job of the sweep succeeded on its first attempt: nothing was
+/// restarted.
+fn assert_each_succeeded_first_time(coord: &Coordinator, name: &str) {
+    for j in jobs(coord, name) {
+        assert_eq!(j["state"], "succeeded", "{j}");
+        assert_eq!(j["attempt"], 1, "restarted: {j}");
+    }
+}
+
+fn running_on(coord: &Coordinator, name: &str, agent: &str, n: usize) -> bool {
+    jobs(coord, name)
+        .iter()
+        .filter(|j| j["state"] == "running" && j["agent"] == agent)
+        .count()
+        == n
+}
+
+/// Every file under `dir` with its size and modification time.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+            }
+            out.insert(e.path(), (meta.len(), meta.modified().unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_second_agent_under_a_connected_name_is_refused_and_steals_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start_with(&dir.path().join("data"), "127.0.0.1:0", &[], FAST_LEASE);
+    let first = cpu_agent(&coord.url(), "a", &dir.path().join("a"));
+    coord.cli_ok(&["submit", &sleepy_sweep(dir.path(), "dup", 2, "3")]);
+    wait_for("both jobs to run on a", Duration::from_secs(30), || {
+        running_on(&coord, "dup", "a", 2).then_some(())
+    });
+
+    // Someone starts a second agent with the same name on another box.
+    let mut second = Agent::spawn(
+        &coord.url(),
+        "a",
+        &dir.path().join("a-again"),
+        &["--cpu", "--dataset", &mnist_sketch_dataset()],
+    );
+    let status = second.wait(Duration::from_secs(30));
+    assert!(!status.success(), "the second agent must stop");
+    let line = second
+        .log
+        .find("is in use by a connected agent")
+        .unwrap_or_else(|| panic!("no refusal line:\n{}", second.log.all()));
+    assert!(
+        line.contains(&format!("pid {}", first.pid())),
+        "the refusal names the holder: {line}"
+    );
+    assert!(!second.log.contains("registered with the coordinator"));
+
+    // The first agent kept its session and its jobs.
+    wait_finished(&coord, "dup", 60);
+    assert_each_succeeded_first_time(&coord, "dup");
+    assert!(
+        !first.log.contains("session was replaced"),
+        "{}",
+        first.log.all()
+    );
+}
+
+#[test]
+fn a_second_process_on_a_data_or_work_dir_refuses_to_start_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let coord = Coordinator::start(&data, "127.0.0.1:0");
+    let before = snapshot(&data);
+    let out = Command::new(bin("coordinator"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "is in use by another coordinator (pid {})",
+            coord.pid()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        snapshot(&data),
+        before,
+        "the second coordinator changed the data dir"
+    );
+
+    let work = dir.path().join("work");
+    let a = cpu_agent(&coord.url(), "a", &work);
+    let before = snapshot(&work);
+    let mut b = Agent::spawn(
+        &coord.url(),
+        "b",
+        &work,
+        &["--cpu", "--dataset", &mnist_sketch_dataset()],
+    );
+    assert!(!b.wait(Duration::from_secs(30)).success());
+    assert!(
+        b.log
+            .contains(&format!("is in use by another agent (pid {})", a.pid())),
+        "{}",
+        b.log.all()
+    );
+    assert_eq!(
+        snapshot(&work),
+        before,
+        "the second agent changed the work dir"
+    );
+    let agents = coord.cli_json(&["agents"]);
+    let names: Vec<&str> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a"], "b never registered");
+}
+
+#[test]
+fn a_frozen_coordinator_gives_every_agent_a_fresh_lease_instead_of_requeueing() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start_with(&dir.path().join("data"), "127.0.0.1:0", &[], FAST_LEASE);
+    let _a = cpu_agent(&coord.url(), "a", &dir.path().join("a"));
+    coord.cli_ok(&["submit", &sleepy_sweep(dir.path(), "frozen", 2, "5")]);
+    wait_for("both jobs to run", Duration::from_secs(30), || {
+        running_on(&coord, "frozen", "a", 2).then_some(())
+    });
+    // A frozen VM or a stuck disk: the coordinator stops for more than
+    // two leases (3 s each) while the agent and its jobs carry on.
+    coord.signal("STOP");
+    std::thread::sleep(Duration::from_secs(7));
+    coord.signal("CONT");
+    wait_finished(&coord, "frozen", 90);
+    assert_each_succeeded_first_time(&coord, "frozen");
+    assert!(
+        coord.log.contains("every agent gets a fresh lease"),
+        "{}",
+        coord.log.all()
+    );
+    assert!(!coord.log.contains("lease expired"), "{}", coord.log.all());
+}
+
+/// A job that prints what real jobs print on a bad day, then does its
+/// work (mode `ok`) or fails after an enormous last line (mode `fail`).
+const HOSTILE_JOB: &str = r#"
+import os, sys, time
+out, err = sys.stdout.buffer, sys.stderr.buffer
+out.write(b"not utf-8: \xff\xfe\xc3(\n"); out.flush()
+err.write(b"\x80\x81 binary junk on stderr \xf0\x28\x8c\x28\n"); err.flush()
+for i in range(2000):
+    out.write(b"\rprogress %d%%" % (i % 100))
+out.write(b"\n")
+out.write(b"x" * (24 << 20))
+out.write(b"\n")
+for i in range(100000):
+    err.write(b"flood line %d\n" % i)
+out.flush(); err.flush()
+if sys.argv[1] == "fail":
+    print('{"event": "epoch", "epoch": 1, "val_accuracy": 0.1}', flush=True)
+    # The flood above is read before this, the job's enormous last line.
+    time.sleep(1)
+    out.write(b"y" * (8 << 20)); out.flush()
+    sys.exit(3)
+os.execvp("python3", ["python3", "examples/train_example.py", "--model", "prior", "--epochs", "1"])
+"#;
+
+#[test]
+fn hostile_job_output_neither_kills_nor_wedges_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dir.path().join("data"), "127.0.0.1:0");
+    let _a = cpu_agent(&coord.url(), "a", &dir.path().join("a"));
+    let script = dir.path().join("hostile.py");
+    std::fs::write(&script, HOSTILE_JOB).unwrap();
+    let sweep = dir.path().join("hostile.yaml");
+    std::fs::write(
+        &sweep,
+        format!(
+            r#"name: hostile
+kfold: {{folds: 2}}
+dataset: mnist-sketch
+command: ["python3", "{}", "{{mode}}"]
+parameters:
+  mode: {{values: [ok, fail]}}
+retries: 0
+"#,
+            script.display()
+        ),
+    )
+    .unwrap();
+    coord.cli_ok(&["submit", sweep.to_str().unwrap()]);
+    wait_finished(&coord, "hostile", 120);
+    for j in jobs(&coord, "hostile") {
+        let detail = coord.cli_json(&["job", &j["id"].to_string()]);
+        let tail = detail["log_tail"].as_str().unwrap_or_default();
+        if j["params"]["mode"] == "ok" {
+            assert_eq!(j["state"], "succeeded", "{detail}");
+            assert_eq!(j["attempt"], 1, "{detail}");
+        } else {
+            assert_eq!(j["state"], "failed", "{j}");
+            assert!(
+                j["last_error"].as_str().unwrap().contains("exit status 3"),
+                "{j}"
+            );
+            assert!(tail.len() <= 64 * 1024, "{} bytes of tail", tail.len());
+            assert!(tail.contains("more bytes cut"), "{tail}");
+        }
+    }
+    let agents = coord.cli_json(&["agents"]);
+    assert_eq!(agents[0]["connected"], true, "{agents}");
+    // The log file on the agent's side holds the output, decoded.
+    let logs: Vec<PathBuf> = glob_logs(&dir.path().join("a"));
+    assert!(!logs.is_empty());
+    let text = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(
+        text.contains("not utf-8: \u{fffd}"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+}
+
+fn glob_logs(work_dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![work_dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "log.txt") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn hostile_sweep_files_sent_to_the_server_are_refused_and_it_stays_up() {
+    let cluster = Cluster::builder().start();
+    let head = "name: h\nkfold: {folds: 2}\ndataset: mnist-sketch\ncommand: [\"true\"]\n";
+    let long = |p: &str| {
+        (0..70)
+            .map(|i| format!("\"{p}{i}{}\"", "v".repeat(5_000)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut bomb = format!("{head}a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        bomb += &format!(
+            "a{i}: &a{i} [{}]\n",
+            vec![format!("*a{}", i - 1); 10].join(", ")
+        );
+    }
+    let cases = [
+        (
+            "compact sequences 400,000 deep",
+            format!(
+                "{head}parameters:\n  x:\n    values:\n      {}x\n",
+                "- ".repeat(400_000)
+            ),
+            "levels deep",
+        ),
+        (
+            "flow collections 300,000 deep",
+            format!(
+                "{head}parameters: {{x: {{values: {}1{}}}}}\n",
+                "[".repeat(300_000),
+                "]".repeat(300_000)
+            ),
+            "levels deep",
+        ),
+        (
+            "a 40 MB file",
+            format!("{head}# {}\n", "x".repeat(40 << 20)),
+            "at most",
+        ),
+        ("an alias bomb", bomb, "aliases expand to too many nodes"),
+        (
+            "a grid of long values",
+            format!(
+                "{head}parameters:\n  a: {{values: [{}]}}\n  b: {{values: [{}]}}\n",
+                long("a"),
+                long("b")
+            ),
+            "would take about",
+        ),
+    ];
+    for (what, yaml, expected) in cases {
+        let start = Instant::now();
+        let err = cluster
+            .submit(&yaml)
+            .expect_err(&format!("{what} must be refused"));
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+        assert!(
+            err.message().contains(expected),
+            "{what}: {}",
+            err.message()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what} took {:?}",
+            start.elapsed()
+        );
+    }
+    // Still up, and still serving.
+    let ok = cluster
+        .submit(&format!("{head}parameters: {{x: {{values: [1, 2]}}}}\n"))
+        .expect("a good file after the bad ones");
+    assert_eq!(ok.name, "h");
+}

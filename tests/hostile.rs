@@ -382,3 +382,37 @@ fn hostile_sweep_files_sent_to_the_server_are_refused_and_it_stays_up() {
         .expect("a good file after the bad ones");
     assert_eq!(ok.name, "h");
 }
+
+#[test]
+fn stopping_and_restarting_an_agent_costs_its_jobs_no_retry_and_the_agent_no_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start_with(&dir.path().join("data"), "127.0.0.1:0", &[], FAST_LEASE);
+    let work = dir.path().join("a");
+    let mut a = cpu_agent(&coord.url(), "a", &work);
+    coord.cli_ok(&["submit", &sleepy_sweep(dir.path(), "upgrade", 2, "4")]);
+    wait_for("both jobs to run on a", Duration::from_secs(30), || {
+        running_on(&coord, "upgrade", "a", 2).then_some(())
+    });
+    // `systemctl restart sweepfold-agent`: SIGTERM, then a new process.
+    a.signal("TERM");
+    assert!(a.wait(Duration::from_secs(30)).success(), "{}", a.log.all());
+    let requeued = jobs(&coord, "upgrade");
+    for j in &requeued {
+        assert_eq!(
+            j["state"], "queued",
+            "requeued at once, not after a lease: {j}"
+        );
+        assert!(
+            j["last_error"].as_str().unwrap().contains("no retry used"),
+            "{j}"
+        );
+    }
+    let _a = cpu_agent(&coord.url(), "a", &work);
+    wait_finished(&coord, "upgrade", 90);
+    for j in jobs(&coord, "upgrade") {
+        assert_eq!(j["state"], "succeeded", "{j}");
+        assert_eq!(j["failures"], 0, "no retry charged: {j}");
+    }
+    let agents = coord.cli_json(&["agents"]);
+    assert_eq!(agents[0]["unhealthy_reason"], "", "{agents}");
+}

@@ -155,13 +155,18 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             running = jobs_for_stop.running_count(),
             "stopping: cancelling running jobs"
         );
-        jobs_for_stop.cancel_all("the agent is shutting down");
+        jobs_for_stop.stop_all("the agent is stopping");
         let start = Instant::now();
         while jobs_for_stop.running_count() > 0 && start.elapsed() < grace {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // Give the session a moment to report the cancellations.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The session reports the stopped jobs; wait (a little) for the
+        // coordinator to acknowledge them, so they are requeued at once
+        // and cost no lease.
+        let start = Instant::now();
+        while jobs_for_stop.unacknowledged() > 0 && start.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         signal_stop.cancel();
     });
     tracing::info!(

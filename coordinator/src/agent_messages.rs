@@ -139,6 +139,8 @@ pub struct JobFinished {
     pub start_failure: bool,
     /// The agent would not run the job: its spec needs a newer agent.
     pub refused: bool,
+    /// The agent is stopping (SIGTERM) and stopped or never started the job.
+    pub agent_stopping: bool,
 }
 
 /// The header of one output file's upload.

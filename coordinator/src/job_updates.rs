@@ -176,6 +176,11 @@ impl Core {
         use FinishOutcome as O;
         let peak = Bytes(f.peak_gpu_memory_bytes);
         let kind = f.outcome;
+        if f.agent_stopping {
+            return Ok(Outcome::Refused {
+                reason: "it is stopping (systemctl stop or restart, an upgrade)".into(),
+            });
+        }
         if f.refused {
             return Ok(Outcome::Refused {
                 reason: if f.error.is_empty() {

@@ -19,6 +19,7 @@ mod supervise;
 mod uploads;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,9 @@ pub struct JobManager {
     uploader: Uploader,
     state: Mutex<State>,
     outbox: Notify,
+    /// Set on SIGTERM: no job starts any more, and the jobs stopped say so
+    /// (`agent_stopping`), which costs them no retry.
+    stopping: AtomicBool,
 }
 
 impl JobManager {
@@ -84,6 +88,7 @@ impl JobManager {
             uploader,
             state: Mutex::new(State::default()),
             outbox: Notify::new(),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -164,6 +169,11 @@ impl JobManager {
         self.state().running.len()
     }
 
+    /// Updates not yet acknowledged by the coordinator (queued or sent).
+    pub fn unacknowledged(&self) -> usize {
+        self.state().outbox.len()
+    }
+
     /// The job whose process group holds `pid`, if any.
     pub fn job_of_pid(&self, pid: u32) -> Option<JobId> {
         let pgid = process_group(pid).unwrap_or(pid);
@@ -179,6 +189,24 @@ impl JobManager {
     pub fn start(self: &Arc<Self>, a: pb::AssignJob) {
         let job = JobId(a.job_id);
         let attempt = Attempt(a.attempt);
+        if self.is_stopping() {
+            tracing::info!(
+                job = job.0,
+                attempt = attempt.0,
+                "not starting a job: the agent is stopping"
+            );
+            self.report(pb::JobUpdate {
+                job_id: job.0,
+                attempt: attempt.0,
+                update: Some(pb::job_update::Update::Finished(pb::JobFinished {
+                    outcome: pb::job_finished::Outcome::Cancelled as i32,
+                    error: "the agent is stopping".into(),
+                    agent_stopping: true,
+                    ..Default::default()
+                })),
+            });
+            return;
+        }
         let cancel = CancellationToken::new();
         let reason = Arc::new(Mutex::new(String::new()));
         {
@@ -238,7 +266,18 @@ impl JobManager {
         }
     }
 
-    /// Cancels everything (agent shutdown).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The agent is stopping (SIGTERM): starts no job from now on and stops
+    /// the running ones, each reported as stopped by the agent.
+    pub fn stop_all(&self, reason: &str) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.cancel_all(reason);
+    }
+
+    /// Cancels everything.
     pub fn cancel_all(&self, reason: &str) {
         for r in self.state().running.values() {
             *r.cancel_reason.lock().expect("reason") = reason.to_string();

@@ -101,7 +101,6 @@ impl Outbox {
     }
 
     /// Updates waiting or unacknowledged.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.queue.len() + self.unacked.len()
     }

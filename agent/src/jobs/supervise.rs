@@ -295,6 +295,7 @@ impl JobManager {
                 error: reason,
                 log_tail,
                 peak_gpu_memory_bytes: peak.get(),
+                agent_stopping: self.is_stopping(),
                 ..Default::default()
             };
         }

@@ -358,6 +358,7 @@ fn job_finished(f: pb::JobFinished) -> am::JobFinished {
         gpu_seconds: f.gpu_seconds,
         start_failure: f.start_failure,
         refused: f.refused,
+        agent_stopping: f.agent_stopping,
     }
 }
 

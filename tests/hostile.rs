@@ -416,3 +416,72 @@ fn stopping_and_restarting_an_agent_costs_its_jobs_no_retry_and_the_agent_no_hea
     let agents = coord.cli_json(&["agents"]);
     assert_eq!(agents[0]["unhealthy_reason"], "", "{agents}");
 }
+
+fn create_agent_token(data: &Path, name: &str) -> String {
+    let out = sweepfold_tests::coordinator_cmd()
+        .args(["token", "create", name, "--agent", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn an_agent_token_works_for_its_own_name_only_and_revoking_it_ends_the_session_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token = create_agent_token(&data, "a");
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(&config, "[auth]\nrequire_tokens = true\n").unwrap();
+    let coord = Coordinator::start_with(
+        &data,
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    let args = ["--cpu", "--dataset", &mnist_sketch_dataset()];
+    let env = [("SWEEPFOLD_AGENT_TOKEN", token.as_str())];
+
+    // Box b borrowed box a's token: refused, and it stops.
+    let mut b = Agent::spawn_with_env(&coord.url(), "b", &dir.path().join("b"), &args, &env);
+    assert!(!b.wait(Duration::from_secs(30)).success());
+    assert!(
+        b.log.contains("its token is agent `a`'s"),
+        "{}",
+        b.log.all()
+    );
+
+    let a = Agent::start_with_env(&coord.url(), "a", &dir.path().join("a"), &args, &env);
+    let out = sweepfold_tests::coordinator_cmd()
+        .args(["token", "revoke", "a", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let revoked = Instant::now();
+    wait_for(
+        "the revoked agent's session to end",
+        Duration::from_secs(10),
+        || {
+            coord
+                .log
+                .contains("token was revoked; ending its session")
+                .then_some(())
+        },
+    );
+    assert!(revoked.elapsed() < Duration::from_secs(10));
+    wait_for("the agent to be refused", Duration::from_secs(10), || {
+        a.log
+            .contains("unknown or revoked agent token")
+            .then_some(())
+    });
+}

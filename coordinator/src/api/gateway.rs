@@ -44,6 +44,7 @@ impl AgentGateway for GatewayService {
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let credential = self.auth.agent(&request)?;
+        let token = crate::auth::bearer(&request);
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -60,11 +61,20 @@ impl AgentGateway for GatewayService {
         let session = self.handle.agent_hello(convert::hello(hello), tx).await?;
         let handle = self.handle.clone();
         let shutdown = handle.shutdown_token();
+        let auth = self.auth.clone();
         tokio::spawn(async move {
+            let mut recheck = tokio::time::interval(crate::auth::RECHECK_EVERY);
             loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
                     _ = shutdown.cancelled() => break,
+                    _ = recheck.tick() => {
+                        if auth.still_valid(token.as_deref()) {
+                            continue;
+                        }
+                        tracing::warn!(agent = %name, session, "the agent's token was revoked; ending its session");
+                        break;
+                    }
                 };
                 match msg {
                     Ok(Some(m)) => {

@@ -217,6 +217,8 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::WatchSweepRequest>,
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
         self.auth.user(&request, Access::Read)?;
+        let token = crate::auth::bearer(&request);
+        let auth = self.auth.clone();
         let reference = required(&request.into_inner().sweep, "sweep")?;
         // Subscribe before reading the snapshot so no change falls between.
         let mut events = self.handle.subscribe();
@@ -245,11 +247,19 @@ impl Coordinator for CoordinatorService {
             {
                 return;
             }
+            let mut recheck = tokio::time::interval(crate::auth::RECHECK_EVERY);
             loop {
                 let received = tokio::select! {
                     r = events.recv() => r,
                     _ = tx.closed() => return,
                     _ = shutdown.cancelled() => return,
+                    _ = recheck.tick() => {
+                        if auth.still_valid(token.as_deref()) {
+                            continue;
+                        }
+                        let _ = tx.send(Err(Status::unauthenticated("the token of this watch was revoked"))).await;
+                        return;
+                    }
                 };
                 match received {
                     Ok(ev) if ev.sweep_id == id => {

@@ -69,6 +69,22 @@ pub struct AuthConfig {
     pub require_tokens: bool,
     /// Reading (lists, status, leaderboard, report) needs a token too.
     pub read_requires_token: bool,
+    /// Who may submit `command:` sweeps, which run their command as the
+    /// agent's Unix user on every box: `everyone`, `admins` or `off`.
+    pub command_sweeps: CommandSweeps,
+}
+
+/// Who may submit a sweep that runs a command (`command:`) on the agents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandSweeps {
+    /// Any user who may submit.
+    #[default]
+    Everyone,
+    /// Only admin tokens (and anyone on a coordinator without tokens).
+    Admins,
+    /// Nobody: only the built-in trainer runs.
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

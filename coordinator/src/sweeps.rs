@@ -6,6 +6,7 @@ use sweepfold_common::sweep::{Limits, Sweep, parse_sweep};
 use sweepfold_common::{JobId, JobState, SweepId};
 
 use crate::auth::Identity;
+use crate::config::CommandSweeps;
 use crate::error::{Error, Result};
 use crate::state::{CoordinatorHandle, ToAgent, now_ms};
 use crate::store::{
@@ -22,6 +23,25 @@ pub struct JobDetail {
 
 /// Owner recorded when neither the file nor the request names one.
 pub const ANONYMOUS_OWNER: &str = "anonymous";
+
+/// A `command:` sweep runs its command as the agent's Unix user on every
+/// box: `auth.command_sweeps` says who may submit one.
+fn check_command_policy(sweep: &Sweep, who: &Identity, policy: CommandSweeps) -> Result<()> {
+    if sweep.file.command.is_none() {
+        return Ok(());
+    }
+    match policy {
+        CommandSweeps::Everyone => Ok(()),
+        CommandSweeps::Admins if who.admin => Ok(()),
+        CommandSweeps::Admins => Err(Error::PermissionDenied(format!(
+            "this coordinator lets only admins submit command sweeps (auth.command_sweeps = \"admins\"); `{}` is not an admin: use the built-in trainer (`trainer:`) or ask an admin",
+            if who.is_anonymous() { "anonymous" } else { who.name.as_str() }
+        ))),
+        CommandSweeps::Off => Err(Error::PermissionDenied(
+            "this coordinator runs no command sweeps (auth.command_sweeps = \"off\"); use the built-in trainer (`trainer:`)".into(),
+        )),
+    }
+}
 
 impl CoordinatorHandle {
     /// Validates, expands and commits a sweep. Nothing is stored when the
@@ -48,6 +68,7 @@ impl CoordinatorHandle {
         })
         .await
         .map_err(|e| Error::Internal(format!("sweep parsing task failed: {e}")))??;
+        check_command_policy(&sweep, &who, self.config().auth.command_sweeps)?;
         self.with_core(move |core| {
             let sweep: Sweep = sweep;
             let owner = if who.is_anonymous() {
@@ -221,5 +242,39 @@ impl CoordinatorHandle {
         self.publish(changes.into_iter().map(|(ev, _)| ev));
         self.poke();
         Ok((sweep, n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sweep(body: &str) -> Sweep {
+        let src = format!("name: s\nkfold: {{folds: 2}}\ndataset: d\n{body}\n");
+        parse_sweep(&src, "s.yaml", Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn command_sweeps_follow_the_policy_and_trainer_sweeps_always_pass() {
+        let command = sweep("command: [\"python3\", \"train.py\"]");
+        let trainer = sweep("trainer: {model: resnet18}");
+        let ann = Identity {
+            name: "ann".into(),
+            admin: false,
+        };
+        let lead = Identity {
+            name: "lead".into(),
+            admin: true,
+        };
+        use CommandSweeps::*;
+        assert!(check_command_policy(&command, &ann, Everyone).is_ok());
+        assert!(check_command_policy(&command, &lead, Admins).is_ok());
+        let e = check_command_policy(&command, &ann, Admins).unwrap_err();
+        assert!(e.to_string().contains("only admins"), "{e}");
+        let e = check_command_policy(&command, &lead, Off).unwrap_err();
+        assert!(e.to_string().contains("runs no command sweeps"), "{e}");
+        for policy in [Everyone, Admins, Off] {
+            assert!(check_command_policy(&trainer, &ann, policy).is_ok());
+        }
     }
 }

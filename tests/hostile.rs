@@ -485,3 +485,73 @@ fn an_agent_token_works_for_its_own_name_only_and_revoking_it_ends_the_session_p
             .then_some(())
     });
 }
+
+fn create_user_token(data: &Path, name: &str, admin: bool) -> String {
+    let mut cmd = sweepfold_tests::coordinator_cmd();
+    cmd.args(["token", "create", name, "--data-dir"]).arg(data);
+    if admin {
+        cmd.arg("--admin");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_sweep_name_means_the_callers_own_sweep_and_an_ambiguous_one_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ann = create_user_token(&data, "ann", false);
+    let bob = create_user_token(&data, "bob", false);
+    let lead = create_user_token(&data, "lead", true);
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(&config, "[auth]\nrequire_tokens = true\n").unwrap();
+    let coord = Coordinator::start_with(
+        &data,
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    let as_user = |token: &str, args: &[&str]| {
+        let mut all = vec!["--token", token];
+        all.extend_from_slice(args);
+        coord.cli(&all)
+    };
+    let file = sleepy_sweep(dir.path(), "lr", 2, "0");
+    let mut ids = BTreeMap::new();
+    for (who, token) in [("ann", &ann), ("bob", &bob)] {
+        let out = as_user(token, &["submit", &file, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids.insert(who, v["id"].clone());
+    }
+    for (who, token) in [("ann", &ann), ("bob", &bob)] {
+        let out = as_user(token, &["sweep", "lr", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["sweep"]["id"], ids[who], "{who} gets their own `lr`");
+        assert_eq!(v["sweep"]["owner"], who);
+    }
+    // The admin has no `lr` of their own: the name is ambiguous.
+    let out = as_user(&lead, &["cancel", "lr"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("ambiguous") && stderr.contains("ann, bob"),
+        "{stderr}"
+    );
+    let out = as_user(&lead, &["sweep", "bob/lr", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["sweep"]["id"], ids["bob"]);
+    // Lists come in pages, without the files.
+    let list = as_user(&ann, &["sweeps", "--json"]);
+    let v: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+}

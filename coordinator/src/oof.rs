@@ -57,7 +57,8 @@ pub struct ResultsPlan {
 }
 
 /// A member reference: a whole sweep or one configuration (`SWEEP:INDEX`).
-fn parse_ref(r: &str) -> (String, Option<u32>) {
+/// `SWEEP:CONFIG` or `SWEEP` split into the sweep and the configuration.
+pub fn parse_ref(r: &str) -> (String, Option<u32>) {
     match r.rsplit_once(':') {
         Some((sweep, idx)) if idx.parse::<u32>().is_ok() => (sweep.to_string(), idx.parse().ok()),
         _ => (r.to_string(), None),

@@ -117,9 +117,40 @@ impl CoordinatorHandle {
             .await
     }
 
-    pub async fn resolve_sweep(&self, reference: String) -> Result<SweepId> {
-        self.with_core(move |core| core.store.resolve_sweep(&reference))
+    /// One page of sweeps, newest first (see `Store::list_sweeps_page`).
+    pub async fn list_sweeps_page(
+        &self,
+        owner: Option<String>,
+        before: Option<SweepId>,
+        limit: u32,
+    ) -> Result<Vec<SweepRecord>> {
+        self.with_core(move |core| core.store.list_sweeps_page(owner.as_deref(), before, limit))
             .await
+    }
+
+    /// Resolves a sweep reference as `caller` means it (see
+    /// `Store::resolve_sweep_for`; empty for an anonymous caller).
+    pub async fn resolve_sweep(&self, reference: String, caller: String) -> Result<SweepId> {
+        self.with_core(move |core| core.store.resolve_sweep_for(&reference, &caller))
+            .await
+    }
+
+    /// Sweep references (`SWEEP` or `SWEEP:CONFIG`) with each sweep
+    /// resolved to its id as `caller` means it.
+    pub async fn resolve_refs(&self, refs: Vec<String>, caller: String) -> Result<Vec<String>> {
+        self.with_core(move |core| {
+            refs.iter()
+                .map(|r| {
+                    let (sweep, config) = crate::oof::parse_ref(r.trim());
+                    let id = core.store.resolve_sweep_for(&sweep, &caller)?;
+                    Ok(match config {
+                        Some(c) => format!("{}:{c}", id.0),
+                        None => id.0.to_string(),
+                    })
+                })
+                .collect()
+        })
+        .await
     }
 
     pub async fn get_sweep(&self, id: SweepId) -> Result<SweepRecord> {

@@ -187,14 +187,24 @@ pub async fn submit(
 }
 
 pub async fn sweeps(client: &mut Client, owner: Option<String>, json: bool) -> anyhow::Result<()> {
-    let sweeps = client
-        .list_sweeps(pb::ListSweepsRequest {
-            owner: owner.unwrap_or_default(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .sweeps;
+    let mut sweeps = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_sweeps(pb::ListSweepsRequest {
+                owner: owner.clone().unwrap_or_default(),
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        sweeps.extend(page.sweeps);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
     if json {
         return print_json(&sweeps.iter().map(SweepJson::from).collect::<Vec<_>>());
     }
@@ -401,7 +411,10 @@ pub async fn watch(client: &mut Client, reference: String) -> anyhow::Result<pb:
 /// The id of the newest sweep (the default of `leaderboard`).
 pub async fn newest_sweep(client: &mut Client) -> anyhow::Result<String> {
     let sweeps = client
-        .list_sweeps(pb::ListSweepsRequest::default())
+        .list_sweeps(pb::ListSweepsRequest {
+            page_size: 1,
+            ..Default::default()
+        })
         .await
         .map_err(status_error)?
         .into_inner()

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 
-use sweepfold_common::JobId;
+use sweepfold_common::{JobId, SweepId};
 use sweepfold_proto::v1 as pb;
 use sweepfold_proto::v1::coordinator_server::Coordinator;
 use tokio::sync::{broadcast, mpsc};
@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use crate::auth::{Access, Auth};
+use crate::auth::{Access, Auth, Identity};
 use crate::error::Error;
 use crate::state::CoordinatorHandle;
 use crate::store::SweepState;
@@ -26,6 +26,16 @@ pub struct CoordinatorService {
 impl CoordinatorService {
     pub fn new(handle: CoordinatorHandle, auth: Auth) -> Self {
         CoordinatorService { handle, auth }
+    }
+
+    /// A sweep reference as the caller means it, as the sweep's id.
+    async fn resolve(&self, reference: String, who: &Identity) -> Result<String, Status> {
+        Ok(self
+            .handle
+            .resolve_sweep(reference, who.name.clone())
+            .await?
+            .0
+            .to_string())
     }
 }
 
@@ -67,10 +77,26 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::ListSweepsRequest>,
     ) -> Result<Response<pb::ListSweepsResponse>, Status> {
         self.auth.user(&request, Access::Read)?;
-        let owner = Some(request.into_inner().owner).filter(|o| !o.is_empty());
-        let sweeps = self.handle.list_sweeps(owner).await?;
+        let r = request.into_inner();
+        let owner = Some(r.owner).filter(|o| !o.is_empty());
+        let limit = match r.page_size {
+            0 => 100,
+            n => n.min(1000),
+        };
+        let before = match r.page_token.as_str() {
+            "" => None,
+            t => Some(SweepId(t.parse().map_err(|_| {
+                Status::invalid_argument(format!("page_token `{t}` is not one this server gave"))
+            })?)),
+        };
+        let sweeps = self.handle.list_sweeps_page(owner, before, limit).await?;
+        let next_page_token = match sweeps.last() {
+            Some(last) if sweeps.len() == limit as usize => last.id.0.to_string(),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListSweepsResponse {
             sweeps: sweeps.iter().map(convert::sweep).collect(),
+            next_page_token,
         }))
     }
 
@@ -78,8 +104,9 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetSweepRequest>,
     ) -> Result<Response<pb::GetSweepResponse>, Status> {
-        self.auth.user(&request, Access::Read)?;
+        let who = self.auth.user(&request, Access::Read)?;
         let reference = required(&request.into_inner().sweep, "sweep")?;
+        let reference = self.resolve(reference, &who).await?;
         let (sweep, configs) = self.handle.sweep_with_configurations(reference).await?;
         Ok(Response::new(pb::GetSweepResponse {
             sweep: Some(convert::sweep(&sweep)),
@@ -91,9 +118,10 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        self.auth.user(&request, Access::Read)?;
+        let who = self.auth.user(&request, Access::Read)?;
         let r = request.into_inner();
         let reference = required(&r.sweep, "sweep")?;
+        let reference = self.resolve(reference, &who).await?;
         let state = pb::JobState::try_from(r.state)
             .map_err(|_| Error::InvalidArgument(format!("unknown job state {}", r.state)))?;
         let jobs = self
@@ -138,6 +166,7 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::CancelSweepResponse>, Status> {
         let who = self.auth.user(&request, Access::Write)?;
         let reference = required(&request.into_inner().sweep, "sweep")?;
+        let reference = self.resolve(reference, &who).await?;
         let (sweep, n) = self.handle.cancel_sweep(reference, who).await?;
         Ok(Response::new(pb::CancelSweepResponse {
             sweep: Some(convert::sweep(&sweep)),
@@ -165,8 +194,9 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::LeaderboardRequest>,
     ) -> Result<Response<pb::LeaderboardResponse>, Status> {
-        self.auth.user(&request, Access::Read)?;
+        let who = self.auth.user(&request, Access::Read)?;
         let sweeps = request.into_inner().sweeps;
+        let sweeps = self.handle.resolve_refs(sweeps, who.name).await?;
         let (dataset, train_rows, loaded) = self.handle.leaderboard(sweeps).await?;
         Ok(Response::new(pb::LeaderboardResponse {
             entries: crate::oof::display_order(&loaded.results)
@@ -182,10 +212,11 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::EnsembleRequest>,
     ) -> Result<Response<pb::EnsembleResponse>, Status> {
-        self.auth.user(&request, Access::Write)?;
+        let who = self.auth.user(&request, Access::Write)?;
         let r = request.into_inner();
         let method = parse_method(&r.method)?;
-        let (record, made) = self.handle.ensemble(r.members, method, false).await?;
+        let members = self.handle.resolve_refs(r.members, who.name).await?;
+        let (record, made) = self.handle.ensemble(members, method, false).await?;
         Ok(Response::new(pb::EnsembleResponse {
             result: Some(convert::ensemble(&record)),
             submission_csv: made.submission_csv.into_bytes(),
@@ -197,14 +228,15 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportResponse>, Status> {
-        self.auth.user(&request, Access::Read)?;
+        let who = self.auth.user(&request, Access::Read)?;
         let r = request.into_inner();
         let method = if r.method.is_empty() {
             crate::ensemble::Method::Soft
         } else {
             parse_method(&r.method)?
         };
-        let html = self.handle.report(r.sweeps, method).await?;
+        let sweeps = self.handle.resolve_refs(r.sweeps, who.name).await?;
+        let html = self.handle.report(sweeps, method).await?;
         Ok(Response::new(pb::ReportResponse {
             html: html.into_bytes(),
         }))
@@ -216,13 +248,13 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::WatchSweepRequest>,
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
-        self.auth.user(&request, Access::Read)?;
+        let who = self.auth.user(&request, Access::Read)?;
         let token = crate::auth::bearer(&request);
         let auth = self.auth.clone();
         let reference = required(&request.into_inner().sweep, "sweep")?;
         // Subscribe before reading the snapshot so no change falls between.
         let mut events = self.handle.subscribe();
-        let id = self.handle.resolve_sweep(reference).await?;
+        let id = self.handle.resolve_sweep(reference, who.name).await?;
         let (sweep, jobs) = self.handle.sweep_snapshot(id).await?;
         let (tx, rx) = mpsc::channel(256);
         let handle = self.handle.clone();

@@ -377,8 +377,56 @@ impl Store {
     }
 
     /// Finds a sweep by numeric id or by name (the most recent of that name).
+    /// A sweep by id, `OWNER/NAME`, or name (see [`Store::resolve_sweep_for`]
+    /// with no caller).
     pub fn resolve_sweep(&self, reference: &str) -> Result<SweepId> {
+        self.resolve_sweep_for(reference, "")
+    }
+
+    /// A sweep by id, by `OWNER/NAME` (that owner's latest of that name),
+    /// or by name: the caller's own latest sweep of that name first; else
+    /// the latest of that name if one owner has it; a name several other
+    /// owners use is ambiguous, an error, never someone else's sweep picked
+    /// at random. `caller` is empty for an anonymous caller.
+    pub fn resolve_sweep_for(&self, reference: &str, caller: &str) -> Result<SweepId> {
         let reference = reference.trim();
+        let latest = |sql: &str, args: &[&str]| -> Result<Option<SweepId>> {
+            Ok(self
+                .conn
+                .query_row(sql, rusqlite::params_from_iter(args), |r| r.get(0))
+                .optional()?
+                .map(SweepId))
+        };
+        if let Some((owner, name)) = reference.split_once('/') {
+            return latest(
+                "SELECT id FROM sweeps WHERE owner = ?1 AND name = ?2 ORDER BY id DESC LIMIT 1",
+                &[owner, name],
+            )?
+            .ok_or_else(|| Error::SweepNotFound(reference.to_string()));
+        }
+        if !caller.is_empty()
+            && !reference.chars().all(|c| c.is_ascii_digit())
+            && let Some(id) = latest(
+                "SELECT id FROM sweeps WHERE owner = ?1 AND name = ?2 ORDER BY id DESC LIMIT 1",
+                &[caller, reference],
+            )?
+        {
+            return Ok(id);
+        }
+        if !reference.is_empty() && !reference.chars().all(|c| c.is_ascii_digit()) {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT DISTINCT owner FROM sweeps WHERE name = ?1 ORDER BY owner")?;
+            let owners: Vec<String> = stmt
+                .query_map([reference], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            if owners.len() > 1 {
+                return Err(Error::InvalidArgument(format!(
+                    "sweep name `{reference}` is ambiguous: {} each have a sweep of that name; write OWNER/{reference} or the sweep's id",
+                    owners.join(", ")
+                )));
+            }
+        }
         if let Ok(id) = reference.parse::<i64>() {
             let found: Option<i64> = self
                 .conn
@@ -418,12 +466,29 @@ impl Store {
     }
 
     /// All sweeps, newest first; only `owner`'s when given.
+    /// Every sweep (of `owner`), newest first.
     pub fn list_sweeps(&self, owner: Option<&str>) -> Result<Vec<SweepRecord>> {
+        self.list_sweeps_page(owner, None, u32::MAX)
+    }
+
+    /// At most `limit` sweeps (of `owner`) older than `before`, newest
+    /// first, without their source YAML (a list of thousands of sweeps
+    /// would otherwise carry every file).
+    pub fn list_sweeps_page(
+        &self,
+        owner: Option<&str>,
+        before: Option<SweepId>,
+        limit: u32,
+    ) -> Result<Vec<SweepRecord>> {
+        let columns = SWEEP_COLUMNS.replace("source_yaml", "'' AS source_yaml");
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {SWEEP_COLUMNS} FROM sweeps WHERE ?1 IS NULL OR owner = ?1 ORDER BY id DESC"
+            "SELECT {columns} FROM sweeps WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
         ))?;
         let mut sweeps = stmt
-            .query_map([owner], sweep_from_row)?
+            .query_map(
+                rusqlite::params![owner, before.map(|b| b.0), i64::from(limit)],
+                sweep_from_row,
+            )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         for s in &mut sweeps {
             self.fill_counts(s)?;
@@ -613,6 +678,62 @@ mod tests {
                 now_ms: 1000,
             })
             .unwrap()
+    }
+
+    #[test]
+    fn names_resolve_within_the_callers_sweeps_first_and_ambiguity_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let sweep = parse_sweep(SRC, "s.yaml", Limits::default()).unwrap();
+        let mut as_owner = |owner: &str| {
+            store
+                .insert_sweep(&NewSweep {
+                    sweep: &sweep,
+                    owner,
+                    source_yaml: SRC,
+                    file_name: "s.yaml",
+                    now_ms: 1000,
+                })
+                .unwrap()
+                .id
+        };
+        let ann1 = as_owner("ann");
+        let ann2 = as_owner("ann");
+        assert_eq!(
+            store.resolve_sweep_for("s", "bob").unwrap(),
+            ann2,
+            "one owner: unambiguous"
+        );
+        let mut as_owner = |owner: &str| {
+            store
+                .insert_sweep(&NewSweep {
+                    sweep: &sweep,
+                    owner,
+                    source_yaml: SRC,
+                    file_name: "s.yaml",
+                    now_ms: 1000,
+                })
+                .unwrap()
+                .id
+        };
+        let bob = as_owner("bob");
+        assert_eq!(store.resolve_sweep_for("s", "ann").unwrap(), ann2);
+        assert_eq!(store.resolve_sweep_for("s", "bob").unwrap(), bob);
+        let e = store.resolve_sweep_for("s", "cat").unwrap_err().to_string();
+        assert!(e.contains("ambiguous") && e.contains("ann, bob"), "{e}");
+        assert!(
+            store.resolve_sweep("s").is_err(),
+            "anonymous: ambiguous too"
+        );
+        assert_eq!(store.resolve_sweep_for("ann/s", "bob").unwrap(), ann2);
+        assert_eq!(
+            store.resolve_sweep_for(&ann1.0.to_string(), "bob").unwrap(),
+            ann1
+        );
+        assert!(matches!(
+            store.resolve_sweep_for("dan/s", "ann"),
+            Err(Error::SweepNotFound(_))
+        ));
     }
 
     #[test]

@@ -181,3 +181,35 @@ async fn a_required_unknown_field_is_refused_and_not_charged_to_the_agent() {
         finished.error
     );
 }
+
+/// A finished report is kept on disk until the coordinator acknowledges it
+/// (this fake never does): the agent is killed, a new process on the same
+/// work dir sends it again in its `hello`, and meanwhile it reports the job
+/// as still its own, so a real coordinator would not requeue a finished
+/// result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_finished_report_survives_an_agent_restart() {
+    let (url, mut updates) = fake_coordinator(assignment(vec!["trainer.mixup".into()])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--cpu", "--dataset", &mnist_sketch_dataset()];
+    let mut agent = Agent::spawn(&url, "gpu1", dir.path(), &args);
+    let first = match next_update(&mut updates).await {
+        pb::job_update::Update::Finished(f) => f,
+        other => panic!("a finished report, got {other:?}"),
+    };
+    assert!(dir.path().join("reports/7-1.pb").exists());
+    agent.kill9();
+    let restarted = Agent::spawn(&url, "gpu1", dir.path(), &args);
+    match next_update(&mut updates).await {
+        pb::job_update::Update::Finished(f) => assert_eq!(f, first),
+        other => panic!(
+            "the same report again after the restart, got {other:?}\n{}",
+            restarted.log.all()
+        ),
+    }
+    assert!(
+        restarted.log.contains("awaits acknowledgement"),
+        "{}",
+        restarted.log.all()
+    );
+}

@@ -8,13 +8,15 @@
 //! reconnection and never lost.
 //!
 //! This file holds the manager and its bookkeeping; `outbox.rs` the
-//! at-least-once delivery of updates, `prepare.rs` the job directory and
+//! at-least-once delivery of updates, `reports.rs` the finished reports kept
+//! on disk until acknowledged, `prepare.rs` the job directory and
 //! command line, `supervise.rs` the process from start to end, and
 //! `uploads.rs` the checks and uploads of its outputs.
 
 mod outbox;
 pub mod output;
 mod prepare;
+mod reports;
 mod supervise;
 mod uploads;
 
@@ -69,6 +71,8 @@ pub struct JobManager {
     uploader: Uploader,
     state: Mutex<State>,
     outbox: Notify,
+    /// Finished reports kept on disk until acknowledged.
+    reports: reports::Reports,
     /// Set on SIGTERM: no job starts any more, and the jobs stopped say so
     /// (`agent_stopping`), which costs them no retry.
     stopping: AtomicBool,
@@ -81,13 +85,24 @@ impl JobManager {
         datasets: Arc<Datasets>,
         uploader: Uploader,
     ) -> Arc<JobManager> {
+        let reports = reports::Reports::new(cfg.work_dir.join(reports::DIR));
+        let mut state = State::default();
+        for update in reports.load() {
+            tracing::info!(
+                job = update.job_id,
+                attempt = update.attempt,
+                "a finished job's report from before the restart awaits acknowledgement; sending it"
+            );
+            state.outbox.push(update);
+        }
         Arc::new(JobManager {
             cfg,
             probe,
             datasets,
             uploader,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             outbox: Notify::new(),
+            reports,
             stopping: AtomicBool::new(false),
         })
     }
@@ -99,6 +114,13 @@ impl JobManager {
     // -- the outbox (see `outbox.rs`) ------------------------------------------
 
     fn report(&self, update: pb::JobUpdate) {
+        if let Some(attempt) = outbox::finished_attempt(&update) {
+            // On disk before anything is sent: a finished result survives
+            // a restart of the agent until the coordinator acknowledges it.
+            if let Err(e) = self.reports.save(attempt, &update) {
+                tracing::error!(job = update.job_id, attempt = update.attempt, error = %e, "cannot keep the job's report on disk; it is kept in memory only");
+            }
+        }
         self.state().outbox.push(update);
         self.outbox.notify_one();
     }
@@ -146,13 +168,18 @@ impl JobManager {
 
     pub fn ack(&self, job: JobId, attempt: Attempt) {
         self.state().outbox.ack(job, attempt);
+        self.reports.remove((job, attempt));
     }
 
     // -- queries ------------------------------------------------------------
 
+    /// The jobs running here, and those that ended here but whose report
+    /// the coordinator has not acknowledged: it must not take them for
+    /// lost (and requeue a finished result) while the report is pending,
+    /// say while its store is busy or full.
     pub fn running_jobs(&self) -> Vec<pb::RunningJob> {
-        let mut v: Vec<pb::RunningJob> = self
-            .state()
+        let st = self.state();
+        let mut v: Vec<pb::RunningJob> = st
             .running
             .iter()
             .map(|(id, r)| pb::RunningJob {
@@ -161,6 +188,15 @@ impl JobManager {
                 gpu_uuid: r.gpu_uuid.clone(),
             })
             .collect();
+        for (job, attempt) in st.outbox.pending_finished() {
+            if !st.running.contains_key(&job) {
+                v.push(pb::RunningJob {
+                    job_id: job.0,
+                    attempt: attempt.0,
+                    gpu_uuid: String::new(),
+                });
+            }
+        }
         v.sort_by_key(|r| r.job_id);
         v
     }

@@ -94,6 +94,16 @@ impl Outbox {
             .collect()
     }
 
+    /// Attempts whose `finished` update waits or is unacknowledged: they
+    /// have ended here, but the coordinator has not recorded it yet.
+    pub fn pending_finished(&self) -> Vec<(JobId, Attempt)> {
+        self.queue
+            .iter()
+            .chain(self.unacked.iter().map(|(u, _)| u))
+            .filter_map(finished_attempt)
+            .collect()
+    }
+
     /// The coordinator recorded the end of this attempt: forget it.
     pub fn ack(&mut self, job: JobId, attempt: Attempt) {
         self.unacked

@@ -555,3 +555,41 @@ fn a_sweep_name_means_the_callers_own_sweep_and_an_ambiguous_one_is_an_error() {
     let v: Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn a_sweep_no_connected_agent_can_serve_says_why_it_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&dir.path().join("data"), "127.0.0.1:0");
+    let path = dir.path().join("other.yaml");
+    std::fs::write(
+        &path,
+        "name: other\nkfold: {folds: 2}\ndataset: sketch-500\ncommand: [\"true\"]\n",
+    )
+    .unwrap();
+    coord.cli_ok(&["submit", path.to_str().unwrap()]);
+    let waiting = |coord: &Coordinator| {
+        coord.cli_json(&["sweeps"])[0]["waiting"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(waiting(&coord), "no agent is connected");
+    let _a = cpu_agent(&coord.url(), "a", &dir.path().join("a"));
+    let why = waiting(&coord);
+    assert!(
+        why.contains("no connected agent has dataset `sketch-500` (connected: a)"),
+        "{why}"
+    );
+    let text = coord.cli_ok(&["sweeps"]);
+    assert!(
+        text.contains("waits: no connected agent has dataset"),
+        "{text}"
+    );
+    // A sweep of a dataset the agent has waits for nothing.
+    coord.cli_ok(&["submit", &sleepy_sweep(dir.path(), "fine", 2, "0")]);
+    wait_finished(&coord, "fine", 60);
+    assert_eq!(
+        coord.cli_json(&["sweep", "fine"])["sweep"].get("waiting"),
+        None
+    );
+}

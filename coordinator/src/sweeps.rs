@@ -8,9 +8,10 @@ use sweepfold_common::{JobId, JobState, SweepId};
 use crate::auth::Identity;
 use crate::config::CommandSweeps;
 use crate::error::{Error, Result};
-use crate::state::{CoordinatorHandle, ToAgent, now_ms};
+use crate::state::{AgentSession, CoordinatorHandle, Core, ToAgent, now_ms};
 use crate::store::{
     ConfigRecord, EventRecord, JobRecord, MetricRecord, NewSweep, OutputRecord, SweepRecord,
+    SweepState,
 };
 
 /// One job with everything recorded about it.
@@ -41,6 +42,51 @@ fn check_command_policy(sweep: &Sweep, who: &Identity, policy: CommandSweeps) ->
             "this coordinator runs no command sweeps (auth.command_sweeps = \"off\"); use the built-in trainer (`trainer:`)".into(),
         )),
     }
+}
+
+/// Why a sweep's queued jobs wait when no connected agent could run any
+/// of them (a question `coordinator sweeps` answers instead of leaving the
+/// sweep queued in silence). Waiting for a busy GPU is not a reason: it
+/// ends by itself.
+pub fn waiting_reason(core: &Core, s: &SweepRecord) -> Option<String> {
+    if s.state != SweepState::Active || s.counts.queued == 0 {
+        return None;
+    }
+    let connected: Vec<(&String, &AgentSession)> = core
+        .agents
+        .iter()
+        .filter(|(_, a)| a.connected() && !a.lease_expired)
+        .collect();
+    if connected.is_empty() {
+        return Some("no agent is connected".into());
+    }
+    let with: Vec<(&String, &AgentSession)> = connected
+        .iter()
+        .copied()
+        .filter(|(_, a)| a.datasets.iter().any(|d| d.name == s.dataset))
+        .collect();
+    let names = |v: &[(&String, &AgentSession)]| {
+        v.iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if with.is_empty() {
+        return Some(format!(
+            "no connected agent has dataset `{}` (connected: {}); give one of them the dataset (--dataset {}=PATH)",
+            s.dataset,
+            names(&connected),
+            s.dataset
+        ));
+    }
+    if with.iter().all(|(_, a)| a.mismatched.contains(&s.dataset)) {
+        return Some(format!(
+            "every connected agent with dataset `{}` ({}) has a copy that differs from the registered one; make the copies agree, or re-register the dataset if it changed on purpose",
+            s.dataset,
+            names(&with)
+        ));
+    }
+    None
 }
 
 impl CoordinatorHandle {
@@ -124,8 +170,16 @@ impl CoordinatorHandle {
         before: Option<SweepId>,
         limit: u32,
     ) -> Result<Vec<SweepRecord>> {
-        self.with_core(move |core| core.store.list_sweeps_page(owner.as_deref(), before, limit))
-            .await
+        self.with_core(move |core| {
+            let mut sweeps = core
+                .store
+                .list_sweeps_page(owner.as_deref(), before, limit)?;
+            for s in &mut sweeps {
+                s.waiting = waiting_reason(core, s);
+            }
+            Ok(sweeps)
+        })
+        .await
     }
 
     /// Resolves a sweep reference as `caller` means it (see
@@ -168,10 +222,11 @@ impl CoordinatorHandle {
     ) -> Result<(SweepRecord, Vec<ConfigRecord>)> {
         self.with_core(move |core| {
             let id = core.store.resolve_sweep(&reference)?;
-            let sweep = core
+            let mut sweep = core
                 .store
                 .get_sweep(id)?
                 .ok_or_else(|| Error::SweepNotFound(reference.clone()))?;
+            sweep.waiting = waiting_reason(core, &sweep);
             Ok((sweep, core.store.configurations(id)?))
         })
         .await

@@ -35,6 +35,9 @@ pub struct SweepJson {
     pub submitted_at_ms: i64,
     /// The automatic ensemble, once the sweep has finished.
     pub ensemble: Option<Value>,
+    /// Why its queued jobs wait when no connected agent could run them.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub waiting: String,
 }
 
 impl From<&pb::Sweep> for SweepJson {
@@ -69,6 +72,7 @@ impl From<&pb::Sweep> for SweepJson {
                     "submission": s.ensemble_submission_path,
                 })
             }),
+            waiting: s.waiting_reason.clone(),
         }
     }
 }
@@ -244,6 +248,9 @@ pub async fn sweeps(client: &mut Client, owner: Option<String>, json: bool) -> a
         ]);
     }
     out!("{}", t.render());
+    for s in sweeps.iter().filter(|s| !s.waiting_reason.is_empty()) {
+        outln!("sweep {} ({}) waits: {}", s.id, s.name, s.waiting_reason);
+    }
     Ok(())
 }
 
@@ -302,6 +309,9 @@ pub async fn sweep(client: &mut Client, reference: String, json: bool) -> anyhow
     );
     if s.gpu_memory_bytes > 0 {
         outln!("  gpu memory estimate {}", Bytes(s.gpu_memory_bytes));
+    }
+    if !s.waiting_reason.is_empty() {
+        outln!("  waiting: {}", s.waiting_reason);
     }
     let mut t = Table::new(vec!["CONFIG", "PARAMETERS"]);
     for cfg in &r.configurations {

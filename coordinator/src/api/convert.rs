@@ -57,6 +57,7 @@ pub fn sweep(s: &SweepRecord) -> pb::Sweep {
             .as_ref()
             .map(|e| e.submission_path.clone())
             .unwrap_or_default(),
+        waiting_reason: s.waiting.clone().unwrap_or_default(),
     }
 }
 

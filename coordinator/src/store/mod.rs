@@ -135,6 +135,9 @@ pub struct SweepRecord {
     pub counts: JobCounts,
     /// The newest automatic ensemble, once the sweep has one.
     pub ensemble: Option<EnsembleRecord>,
+    /// Why its queued jobs wait, if no connected agent could run them (not
+    /// stored: the sweeps feature fills it from the live sessions).
+    pub waiting: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -258,6 +261,7 @@ fn sweep_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SweepRecord> {
         configurations: 0,
         counts: JobCounts::default(),
         ensemble: None,
+        waiting: None,
     })
 }
 

@@ -593,3 +593,73 @@ fn a_sweep_no_connected_agent_can_serve_says_why_it_waits() {
         None
     );
 }
+
+#[test]
+fn a_dataset_changed_on_purpose_is_re_registered_with_one_command() {
+    let dir = tempfile::tempdir().unwrap();
+    // The team's copy: its CSVs, and the image folders linked.
+    let ds = dir.path().join("sketch");
+    std::fs::create_dir_all(&ds).unwrap();
+    let source = sweepfold_tests::mnist_sketch();
+    for f in ["train.csv", "test.csv"] {
+        std::fs::copy(source.join(f), ds.join(f)).unwrap();
+    }
+    for d in ["train", "test"] {
+        std::os::unix::fs::symlink(source.join(d), ds.join(d)).unwrap();
+    }
+    let flag = format!("mnist-sketch={}", ds.display());
+    let args = ["--cpu", "--cpu-slots", "2", "--dataset", flag.as_str()];
+    let coord = Coordinator::start(&dir.path().join("data"), "127.0.0.1:0");
+    let work = dir.path().join("a");
+    let mut a = Agent::start(&coord.url(), "a", &work, &args);
+    coord.cli_ok(&["submit", &sleepy_sweep(dir.path(), "before", 2, "0")]);
+    wait_finished(&coord, "before", 60);
+
+    // Someone fixes a label in train.csv (on every box: here, the one).
+    a.kill9();
+    let csv = std::fs::read_to_string(ds.join("train.csv")).unwrap();
+    let mut lines: Vec<String> = csv.lines().map(str::to_string).collect();
+    // Row 1 becomes the class (name and target) of the first row of
+    // another class; its image stays.
+    let field = |l: &str, i: usize| l.split(',').nth(i).unwrap().to_string();
+    let other = lines[2..]
+        .iter()
+        .find(|l| field(l, 2) != field(&lines[1], 2))
+        .unwrap()
+        .clone();
+    lines[1] = format!(
+        "{},{},{}",
+        field(&other, 0),
+        field(&lines[1], 1),
+        field(&other, 2)
+    );
+    std::fs::write(ds.join("train.csv"), lines.join("\n") + "\n").unwrap();
+    let _a = Agent::start(&coord.url(), "a", &work, &args);
+
+    coord.cli_ok(&["submit", &sleepy_sweep(dir.path(), "after", 2, "0")]);
+    let sweeps = coord.cli_json(&["sweeps"]);
+    let after = sweeps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "after")
+        .unwrap();
+    assert!(
+        after["waiting"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("differs from the registered one"),
+        "{after}"
+    );
+    let out = coord.cli_ok(&["dataset", "reregister", "mnist-sketch"]);
+    assert!(out.contains("dataset mnist-sketch re-registered"), "{out}");
+    assert!(out.contains("(the copy of a)"), "{out}");
+    wait_finished(&coord, "after", 60);
+    assert_each_succeeded_first_time(&coord, "after");
+    let agents = coord.cli_json(&["agents"]);
+    assert_eq!(
+        agents[0]["mismatched_datasets"],
+        serde_json::json!([]),
+        "{agents}"
+    );
+}

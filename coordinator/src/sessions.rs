@@ -4,7 +4,7 @@
 //! Every job message is fenced by its attempt (see `store::lifecycle`); a
 //! stale one is answered with a cancellation so the agent stops it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use sweepfold_common::{Attempt, JobId, JobState};
@@ -456,5 +456,111 @@ impl CoordinatorHandle {
             Ok(out)
         })
         .await
+    }
+}
+
+/// A dataset's registration before and after `reregister_dataset`, and the
+/// agents whose copy it now is.
+#[derive(Debug, Clone)]
+pub struct Reregistered {
+    pub old: DatasetRecord,
+    pub new: DatasetRecord,
+    pub agents: Vec<String>,
+}
+
+impl CoordinatorHandle {
+    /// A dataset changed on purpose (a label fixed in `train.csv` on every
+    /// box): registers the copy the connected agents now report, so they
+    /// get its jobs again. Refused, with what to do, when no connected agent
+    /// has it, when their copies disagree, or while jobs of the dataset run
+    /// on the old copy.
+    pub async fn reregister_dataset(&self, name: String) -> Result<Reregistered> {
+        let done = self
+            .with_core(move |core| {
+                let old = core.store.dataset(&name)?.ok_or_else(|| {
+                    Error::InvalidArgument(format!("no dataset `{name}` is registered"))
+                })?;
+                let mut copies: BTreeMap<(String, String), Vec<(String, DatasetInfo)>> =
+                    BTreeMap::new();
+                for (agent, a) in core.agents.iter().filter(|(_, a)| a.connected()) {
+                    if let Some(d) = a.datasets.iter().find(|d| d.name == name) {
+                        copies
+                            .entry((d.train_csv_sha256.clone(), d.test_csv_sha256.clone()))
+                            .or_default()
+                            .push((agent.clone(), d.clone()));
+                    }
+                }
+                if copies.is_empty() {
+                    return Err(Error::FailedPrecondition(format!(
+                        "no connected agent has dataset `{name}`: connect the agents with the new copy first"
+                    )));
+                }
+                if copies.len() > 1 {
+                    let groups: Vec<String> = copies
+                        .iter()
+                        .map(|((train, _), agents)| {
+                            let names: Vec<&str> = agents.iter().map(|(n, _)| n.as_str()).collect();
+                            format!("{} has train.csv {}", names.join(", "), &train[..train.len().min(12)])
+                        })
+                        .collect();
+                    return Err(Error::FailedPrecondition(format!(
+                        "the connected agents' copies of `{name}` differ ({}); make them agree first",
+                        groups.join("; ")
+                    )));
+                }
+                for j in core.store.active_jobs()? {
+                    if j.state == JobState::Queued {
+                        continue;
+                    }
+                    let sweep = core.store.get_sweep(j.sweep_id)?;
+                    if let Some(s) = sweep.filter(|s| s.dataset == name) {
+                        return Err(Error::FailedPrecondition(format!(
+                            "sweep {} ({}) has jobs running on the old copy of `{name}`; let them finish or cancel the sweep first",
+                            s.id, s.name
+                        )));
+                    }
+                }
+                let (_, agents) = copies.into_iter().next().expect("one copy");
+                let d = &agents[0].1;
+                let new = DatasetRecord {
+                    name: name.clone(),
+                    train_csv_sha256: d.train_csv_sha256.clone(),
+                    test_csv_sha256: d.test_csv_sha256.clone(),
+                    train_rows: d.train_rows,
+                    test_rows: d.test_rows,
+                    num_classes: d.num_classes,
+                    first_agent: agents[0].0.clone(),
+                    registered_at_ms: now_ms(),
+                };
+                core.store.replace_dataset(&new)?;
+                for a in core.agents.values_mut() {
+                    match a.datasets.iter().find(|d| d.name == name) {
+                        Some(d)
+                            if d.train_csv_sha256 == new.train_csv_sha256
+                                && d.test_csv_sha256 == new.test_csv_sha256 =>
+                        {
+                            a.mismatched.remove(&name);
+                        }
+                        Some(_) => {
+                            a.mismatched.insert(name.clone());
+                        }
+                        None => {}
+                    }
+                }
+                tracing::warn!(
+                    dataset = %name,
+                    old_train_sha256 = %old.train_csv_sha256,
+                    new_train_sha256 = %new.train_csv_sha256,
+                    "dataset re-registered: new jobs use the new copy"
+                );
+                Ok(Reregistered {
+                    old,
+                    new,
+                    agents: agents.into_iter().map(|(n, _)| n).collect(),
+                })
+            })
+            .await?;
+        self.poke();
+        Ok(done)
     }
 }

@@ -118,3 +118,23 @@ pub async fn agents(client: &mut Client, json: bool) -> anyhow::Result<()> {
     out!("{}", t.render());
     Ok(())
 }
+
+/// `dataset reregister NAME`.
+pub async fn reregister(client: &mut Client, dataset: String) -> anyhow::Result<()> {
+    let r = client
+        .reregister_dataset(pb::ReregisterDatasetRequest { dataset })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let short = |s: &str| s[..s.len().min(12)].to_string();
+    outln!(
+        "dataset {} re-registered: train.csv {} -> {}, test.csv {} -> {} (the copy of {})",
+        r.dataset,
+        short(&r.old_train_csv_sha256),
+        short(&r.new_train_csv_sha256),
+        short(&r.old_test_csv_sha256),
+        short(&r.new_test_csv_sha256),
+        r.agents.join(", ")
+    );
+    Ok(())
+}

@@ -20,6 +20,13 @@ pub mod transport;
 
 pub use transport::{Client, DEFAULT_COORDINATOR, Target, connect, status_error};
 
+#[derive(Debug, Subcommand)]
+pub enum DatasetAction {
+    /// Registers the copy the connected agents now report (they must agree,
+    /// and no job of the dataset may be running).
+    Reregister { dataset: String },
+}
+
 /// The commands a user runs against a coordinator (the `coordinator`
 /// binary adds `serve`, `token` and `certs`, which work on the server's
 /// own files).
@@ -74,6 +81,12 @@ pub enum Command {
     Agents {
         #[arg(long)]
         json: bool,
+    },
+    /// Datasets (admins): `reregister NAME` after changing a dataset on
+    /// purpose on every box.
+    Dataset {
+        #[command(subcommand)]
+        action: DatasetAction,
     },
     /// Cancel a sweep's queued and running jobs.
     Cancel {
@@ -169,6 +182,9 @@ pub async fn run(target: &Target, command: Command) -> anyhow::Result<()> {
         }
         Command::Job { id, json } => jobs::job(&mut connect(target).await?, id, json).await,
         Command::Agents { json } => agents::agents(&mut connect(target).await?, json).await,
+        Command::Dataset {
+            action: DatasetAction::Reregister { dataset },
+        } => agents::reregister(&mut connect(target).await?, dataset).await,
         Command::Cancel { sweep, json } => {
             sweeps::cancel(&mut connect(target).await?, sweep, json).await
         }

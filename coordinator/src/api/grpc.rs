@@ -174,6 +174,30 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
+    async fn reregister_dataset(
+        &self,
+        request: Request<pb::ReregisterDatasetRequest>,
+    ) -> Result<Response<pb::ReregisterDatasetResponse>, Status> {
+        let who = self.auth.user(&request, Access::Write)?;
+        if !who.admin {
+            return Err(Error::PermissionDenied(format!(
+                "only an admin may re-register a dataset; `{}` is not one",
+                who.name
+            ))
+            .into());
+        }
+        let name = required(&request.into_inner().dataset, "dataset")?;
+        let r = self.handle.reregister_dataset(name).await?;
+        Ok(Response::new(pb::ReregisterDatasetResponse {
+            dataset: r.new.name,
+            old_train_csv_sha256: r.old.train_csv_sha256,
+            old_test_csv_sha256: r.old.test_csv_sha256,
+            new_train_csv_sha256: r.new.train_csv_sha256,
+            new_test_csv_sha256: r.new.test_csv_sha256,
+            agents: r.agents,
+        }))
+    }
+
     async fn list_agents(
         &self,
         request: Request<pb::ListAgentsRequest>,

@@ -120,6 +120,25 @@ impl Store {
             .expect("the dataset row exists after INSERT OR IGNORE"))
     }
 
+    /// Replaces a dataset's registration (it changed on purpose).
+    pub fn replace_dataset(&mut self, d: &DatasetRecord) -> Result<()> {
+        self.conn.execute(
+            "UPDATE datasets SET train_csv_sha256 = ?2, test_csv_sha256 = ?3, train_rows = ?4, \
+             test_rows = ?5, num_classes = ?6, first_agent = ?7, registered_at_ms = ?8 WHERE name = ?1",
+            params![
+                d.name,
+                d.train_csv_sha256,
+                d.test_csv_sha256,
+                d.train_rows as i64,
+                d.test_rows as i64,
+                d.num_classes,
+                d.first_agent,
+                d.registered_at_ms
+            ],
+        )?;
+        Ok(())
+    }
+
     pub fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>> {
         Ok(self
             .conn

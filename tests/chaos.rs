@@ -1,8 +1,11 @@
-//! Chaos: a 30-job sweep runs on three agents while agents and the
-//! coordinator are killed (SIGKILL) and restarted on a seeded random
-//! schedule. Afterwards every job has succeeded exactly once, every stored
-//! output matches its checksum, and every configuration's out-of-fold
-//! predictions are complete.
+//! Chaos: a 30-job sweep runs on three agents while, on a seeded random
+//! schedule, agents and the coordinator are killed (SIGKILL) and restarted,
+//! the coordinator is frozen (SIGSTOP) for longer than a lease, and a
+//! second agent claims the name of a connected one. Afterwards every job
+//! has succeeded exactly once, every stored output matches its checksum,
+//! every configuration's out-of-fold predictions are complete, no job was
+//! requeued because the coordinator itself was frozen, and every duplicate
+//! agent was refused.
 //!
 //! The run prints what it survived (kills, requeues, time to detect a dead
 //! agent); BENCHMARKS.md records a run. `SWEEPFOLD_CHAOS_SEED` picks another
@@ -110,13 +113,51 @@ retries: 2
     let started = Instant::now();
     let mut agent_kills: Vec<AgentKill> = Vec::new();
     let mut coordinator_kills = 0;
+    // When the coordinator was frozen: (from, to) in ms since the epoch.
+    let mut freezes: Vec<(i64, i64)> = Vec::new();
+    let mut duplicates_refused = 0;
     for _ in 0..EVENTS {
         std::thread::sleep(rng.ms(2_000, 5_000));
         let finished = coord.cli_json(&["sweep", "chaos"])["sweep"]["state"] == "finished";
         if finished {
             break;
         }
-        if rng.below(3) == 0 {
+        let fault = rng.below(6);
+        if fault == 2 {
+            // A frozen VM or a stuck disk, longer than the 3 s lease.
+            let from = now_ms();
+            coord.signal("STOP");
+            std::thread::sleep(rng.ms(3_500, 6_000));
+            coord.signal("CONT");
+            freezes.push((from, now_ms()));
+        } else if fault == 3 {
+            // Someone starts a second agent under a connected one's name.
+            let i = rng.below(AGENTS.len());
+            let connected = coord
+                .cli_json(&["agents"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["name"] == AGENTS[i] && a["connected"] == true);
+            if !connected {
+                continue; // just restarted: not holding its name yet
+            }
+            let mut dup = Agent::spawn(
+                &url,
+                AGENTS[i],
+                &dir.path()
+                    .join(format!("dup-{}", freezes.len() + duplicates_refused)),
+                &["--cpu", "--dataset", &mnist_sketch_dataset()],
+            );
+            let status = dup.wait(Duration::from_secs(30));
+            assert!(!status.success(), "a duplicate agent must stop");
+            assert!(
+                dup.log.contains("is in use by a connected agent"),
+                "{}",
+                dup.log.all()
+            );
+            duplicates_refused += 1;
+        } else if fault < 2 {
             coord.kill9();
             coordinator_kills += 1;
             std::thread::sleep(rng.ms(500, 3_000));
@@ -142,10 +183,34 @@ retries: 2
         }
     }
     let chaos_secs = started.elapsed().as_secs_f64();
+    // Requeues caused by a coordinator freeze: none may happen.
+    let frozen_requeues = |all: &[Value]| -> Vec<String> {
+        let mut out = Vec::new();
+        for j in all {
+            let d = coord.cli_json(&["job", &j["id"].to_string()]);
+            for e in d["history"].as_array().unwrap() {
+                let at = e["at_ms"].as_i64().unwrap_or(0);
+                if e["to"] == "queued"
+                    && e["attempt"].as_u64() > Some(0)
+                    && freezes
+                        .iter()
+                        .any(|(from, to)| at >= *from && at <= *to + 2_000)
+                {
+                    out.push(format!("job {}: {e}", j["id"]));
+                }
+            }
+        }
+        out
+    };
     wait_for("the sweep to finish", Duration::from_secs(300), || {
         (coord.cli_json(&["sweep", "chaos"])["sweep"]["state"] == "finished").then_some(())
     });
     let total_secs = started.elapsed().as_secs_f64();
+    let needless = frozen_requeues(&jobs(&coord));
+    assert!(
+        needless.is_empty(),
+        "jobs requeued while the coordinator was frozen: {needless:?}"
+    );
 
     // Every job succeeded exactly once, with outputs from that attempt only.
     let all = jobs(&coord);
@@ -223,17 +288,19 @@ retries: 2
         }
     };
     eprintln!(
-        "chaos (seed {seed}): {} agent kills, {coordinator_kills} coordinator kills survived in {chaos_secs:.0} s of chaos; \
+        "chaos (seed {seed}): {} agent kills, {coordinator_kills} coordinator kills, {} coordinator freezes longer than the lease \
+         (0 jobs requeued by them), {duplicates_refused} duplicate agents refused, survived in {chaos_secs:.0} s of chaos; \
          sweep finished after {total_secs:.0} s; {requeues} requeues; 30/30 jobs succeeded exactly once, {} outputs verified; \
          dead agent's jobs requeued (agent down > lease): {}; (agent back within the lease): {}",
         agent_kills.len(),
+        freezes.len(),
         all.len() * 5,
         summary(true),
         summary(false),
     );
     assert!(
-        !agent_kills.is_empty() || coordinator_kills > 0,
-        "the schedule killed nothing"
+        !agent_kills.is_empty() || coordinator_kills > 0 || !freezes.is_empty(),
+        "the schedule did nothing"
     );
     // A dead agent's jobs are requeued within the lease plus a heartbeat
     // round (3 s + 0.5 s), with slack for a loaded CI machine.

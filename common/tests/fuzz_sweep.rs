@@ -4,14 +4,78 @@
 //! (and a line where it can); an accepted sweep expands to at most the job
 //! cap, each configuration once per fold, with trainer settings in range.
 //!
+//! Every case is also bounded in time and memory: a parse may take at most
+//! `MAX_CASE_TIME` and allocate at most `MAX_CASE_BYTES` more than it had
+//! when it began (measured per thread by the counting allocator below).
+//!
 //! `SWEEPFOLD_FUZZ_CASES` sets the number of cases per property (default
 //! 256; the run recorded in BENCHMARKS.md used more).
+
+// The one exception to the workspace's `unsafe_code = "deny"`: a test-only
+// counting allocator (below), which must implement the unsafe `GlobalAlloc`.
+#![allow(unsafe_code)]
 
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use sweepfold_common::sweep::{Limits, parse_sweep};
 
 const FILE: &str = "fuzz.yaml";
+
+/// The longest one case may take (a debug build on a loaded 2-core CI VM).
+const MAX_CASE_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The most memory one case may hold at its peak.
+const MAX_CASE_BYTES: usize = 256 << 20;
+
+/// The system allocator, counting the bytes each thread holds and their
+/// peak, so a case's memory can be bounded while other tests run.
+struct Counting;
+
+thread_local! {
+    static HELD: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    static PEAK: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator unchanged; the counters are
+// thread-local cells without destructors, so they allocate nothing.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let _ = HELD.try_with(|h| {
+            h.set(h.get() + layout.size() as isize);
+            let _ = PEAK.try_with(|p| p.set(p.get().max(h.get())));
+        });
+        // SAFETY: the caller's layout goes to the system allocator as is.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        let _ = HELD.try_with(|h| h.set(h.get() - layout.size() as isize));
+        // SAFETY: `ptr` came from `alloc` above with this layout.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Runs `f`, failing if it took longer than [`MAX_CASE_TIME`] or held more
+/// than [`MAX_CASE_BYTES`] beyond what the thread held before.
+fn bounded<T>(src: &str, f: impl FnOnce() -> T) -> T {
+    let held = HELD.with(|h| h.get());
+    PEAK.with(|p| p.set(held));
+    let start = std::time::Instant::now();
+    let out = f();
+    let took = start.elapsed();
+    let peak = (PEAK.with(|p| p.get()) - held).max(0) as usize;
+    let head: String = src.chars().take(200).collect();
+    assert!(took <= MAX_CASE_TIME, "a case took {took:?}: {head:?}");
+    assert!(
+        peak <= MAX_CASE_BYTES,
+        "a case held {} MiB: {head:?}",
+        peak >> 20
+    );
+    out
+}
 
 const EXAMPLES: &[&str] = &[
     include_str!("../../examples/sweeps/demo.yaml"),
@@ -30,7 +94,7 @@ fn cases() -> u32 {
 /// holds for every input.
 fn check(src: &str) {
     let limits = Limits { max_jobs: 500 };
-    match parse_sweep(src, FILE, limits) {
+    match bounded(src, || parse_sweep(src, FILE, limits)) {
         Ok(sweep) => {
             assert!(sweep.folds() >= 2, "folds {}", sweep.folds());
             assert!(
@@ -351,4 +415,16 @@ fn generated_and_mutated_inputs_reach_acceptance_and_refusal() {
                 .fold(EXAMPLES[which].to_string(), |src, m| apply(&src, m))
         }),
     );
+}
+
+/// The bounds above can fail: a parse of a file that expands into a large
+/// grid is measured, and a deliberate 300 MiB allocation is caught.
+#[test]
+fn the_per_case_bounds_measure_what_a_case_holds() {
+    let held = std::panic::catch_unwind(|| {
+        bounded("big", || vec![1u8; 300 << 20].len());
+    });
+    assert!(held.is_err(), "300 MiB held must exceed the bound");
+    let small = bounded("small", || vec![0u8; 1 << 20].len());
+    assert_eq!(small, 1 << 20);
 }

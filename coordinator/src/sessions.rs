@@ -24,6 +24,20 @@ fn valid_agent_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// The registration an agent's report of a dataset makes, now.
+fn dataset_record(d: &DatasetInfo, agent: &str) -> DatasetRecord {
+    DatasetRecord {
+        name: d.name.clone(),
+        train_csv_sha256: d.train_csv_sha256.clone(),
+        test_csv_sha256: d.test_csv_sha256.clone(),
+        train_rows: d.train_rows,
+        test_rows: d.test_rows,
+        num_classes: d.num_classes,
+        first_agent: agent.to_string(),
+        registered_at_ms: now_ms(),
+    }
+}
+
 impl Core {
     /// Registers datasets, noting hashes that differ from the first
     /// registration of their name.
@@ -34,16 +48,7 @@ impl Core {
     ) -> Result<BTreeSet<String>> {
         let mut mismatched = BTreeSet::new();
         for d in datasets {
-            let reported = DatasetRecord {
-                name: d.name.clone(),
-                train_csv_sha256: d.train_csv_sha256.clone(),
-                test_csv_sha256: d.test_csv_sha256.clone(),
-                train_rows: d.train_rows,
-                test_rows: d.test_rows,
-                num_classes: d.num_classes,
-                first_agent: agent.to_string(),
-                registered_at_ms: now_ms(),
-            };
+            let reported = dataset_record(d, agent);
             let registered = self.store.register_dataset(&reported)?;
             if !registered.same_content(&reported) {
                 tracing::error!(
@@ -521,24 +526,11 @@ impl CoordinatorHandle {
                     }
                 }
                 let (_, agents) = copies.into_iter().next().expect("one copy");
-                let d = &agents[0].1;
-                let new = DatasetRecord {
-                    name: name.clone(),
-                    train_csv_sha256: d.train_csv_sha256.clone(),
-                    test_csv_sha256: d.test_csv_sha256.clone(),
-                    train_rows: d.train_rows,
-                    test_rows: d.test_rows,
-                    num_classes: d.num_classes,
-                    first_agent: agents[0].0.clone(),
-                    registered_at_ms: now_ms(),
-                };
+                let new = dataset_record(&agents[0].1, &agents[0].0);
                 core.store.replace_dataset(&new)?;
                 for a in core.agents.values_mut() {
                     match a.datasets.iter().find(|d| d.name == name) {
-                        Some(d)
-                            if d.train_csv_sha256 == new.train_csv_sha256
-                                && d.test_csv_sha256 == new.test_csv_sha256 =>
-                        {
+                        Some(d) if dataset_record(d, "").same_content(&new) => {
                             a.mismatched.remove(&name);
                         }
                         Some(_) => {

@@ -689,7 +689,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let sweep = parse_sweep(SRC, "s.yaml", Limits::default()).unwrap();
-        let mut as_owner = |owner: &str| {
+        let as_owner = |store: &mut Store, owner: &str| {
             store
                 .insert_sweep(&NewSweep {
                     sweep: &sweep,
@@ -701,26 +701,14 @@ mod tests {
                 .unwrap()
                 .id
         };
-        let ann1 = as_owner("ann");
-        let ann2 = as_owner("ann");
+        let ann1 = as_owner(&mut store, "ann");
+        let ann2 = as_owner(&mut store, "ann");
         assert_eq!(
             store.resolve_sweep_for("s", "bob").unwrap(),
             ann2,
             "one owner: unambiguous"
         );
-        let mut as_owner = |owner: &str| {
-            store
-                .insert_sweep(&NewSweep {
-                    sweep: &sweep,
-                    owner,
-                    source_yaml: SRC,
-                    file_name: "s.yaml",
-                    now_ms: 1000,
-                })
-                .unwrap()
-                .id
-        };
-        let bob = as_owner("bob");
+        let bob = as_owner(&mut store, "bob");
         assert_eq!(store.resolve_sweep_for("s", "ann").unwrap(), ann2);
         assert_eq!(store.resolve_sweep_for("s", "bob").unwrap(), bob);
         let e = store.resolve_sweep_for("s", "cat").unwrap_err().to_string();

@@ -129,7 +129,9 @@ impl Coordinator {
             .env("SWEEPFOLD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // As for agents: the disk tests set their own reserve.
+            .env("SWEEPFOLD_COORDINATOR_MIN_FREE_BYTES", "1MiB");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -262,6 +264,9 @@ impl Agent {
         env: &[(&str, &str)],
     ) -> Agent {
         let mut cmd = Command::new(bin("agent"));
+        // A test machine's disk may be nearly full; the disk tests set
+        // their own reserve.
+        cmd.env("SWEEPFOLD_AGENT_MIN_FREE_BYTES", "1MiB");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sweepfold_common::Bytes;
 use sweepfold_common::settings::{EnvSource, SettingsError, load_layered};
 
 pub const ENV_PREFIX: &str = "SWEEPFOLD_AGENT";
@@ -35,6 +36,17 @@ pub struct AgentConfig {
     /// The most of a job's output kept in its log file (`job.log`); past it
     /// the output is still read, and left out.
     pub max_log_bytes: u64,
+    /// Below this much free space in `work_dir` the agent counts its disk
+    /// as full: it takes no job (and a job failing meanwhile costs no
+    /// retry) until space returns.
+    pub min_free_bytes: Bytes,
+    /// The most the preprocessing caches may hold; the least recently used
+    /// are removed first.
+    pub cache_max_bytes: Bytes,
+    /// Directories of finished jobs kept (their logs, for a look after the
+    /// fact); older ones are removed. Their uploaded outputs go as soon as
+    /// the coordinator acknowledges them.
+    pub keep_finished_jobs: usize,
     /// A job process that fails within this many seconds without reporting
     /// an epoch counts as a failure at start.
     pub start_failure_secs: u64,
@@ -64,6 +76,9 @@ impl Default for AgentConfig {
             reconnect_max_ms: 10_000,
             log_tail_lines: 40,
             max_log_bytes: 256 << 20,
+            min_free_bytes: Bytes::from_gib(1),
+            cache_max_bytes: Bytes::from_gib(20),
+            keep_finished_jobs: 50,
             start_failure_secs: 20,
             token: None,
             token_file: None,

@@ -126,6 +126,15 @@ impl Agent {
             .collect()
     }
 
+    /// The work dir's disk as the protocol carries it.
+    fn disk(&self) -> Option<pb::DiskSpace> {
+        self.jobs.disk().map(|d| pb::DiskSpace {
+            path: d.path.display().to_string(),
+            free_bytes: d.free.0,
+            min_free_bytes: d.min_free.0,
+        })
+    }
+
     fn hello(&self) -> pb::Hello {
         pb::Hello {
             agent_name: self.cfg.name.clone(),
@@ -140,6 +149,7 @@ impl Agent {
             spec_version: sweepfold_common::contract::SPEC_VERSION,
             instance: self.instance.clone(),
             pid: std::process::id(),
+            disk: self.disk(),
         }
     }
 
@@ -264,7 +274,7 @@ impl Agent {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = heartbeat.tick() => {
-                    let hb = pb::Heartbeat { gpus: self.readings(), running: self.jobs.running_jobs() };
+                    let hb = pb::Heartbeat { gpus: self.readings(), running: self.jobs.running_jobs(), disk: self.disk() };
                     tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(hb)) })
                         .await
                         .map_err(|_| Error::Rpc("the session stream closed".into()))?;

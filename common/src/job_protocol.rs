@@ -32,6 +32,15 @@ pub const VAL_INDICES: &str = "val_indices.npy";
 /// int64 targets of the validation rows (written by the agent, uploaded).
 pub const VAL_TARGETS: &str = "val_targets.npy";
 pub const OUTPUT_DIR: &str = "output";
+/// The agent's directory (under its work dir) for what outlives a job:
+/// preprocessing caches and checkpoints (`JobFile::cache_dir`).
+pub const CACHE_DIR: &str = "cache";
+
+/// Where the trainer keeps a job's checkpoints, shared by its attempts on
+/// one box; the agent removes it once the job succeeded.
+pub fn checkpoint_dir(cache_dir: &Path, job_id: i64) -> PathBuf {
+    cache_dir.join("checkpoints").join(format!("job-{job_id}"))
+}
 pub const LOG_FILE: &str = "log.txt";
 pub const VAL_LOGITS: &str = "val_logits.npy";
 pub const TEST_LOGITS: &str = "test_logits.npy";
@@ -79,6 +88,10 @@ pub struct JobFile {
     pub output_dir: PathBuf,
     /// Where the trainer may keep checkpoints and caches that outlive the job.
     pub cache_dir: PathBuf,
+    /// The most the preprocessing caches under `cache_dir` may hold; the
+    /// least recently used go first (absent: no cap).
+    #[serde(default)]
+    pub cache_max_bytes: Option<u64>,
     pub num_classes: u32,
     pub params: Map<String, Value>,
     pub spec: JobSpec,

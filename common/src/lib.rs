@@ -7,6 +7,7 @@
 pub mod contract;
 pub mod dataset;
 pub mod dir_lock;
+pub mod disk;
 pub mod folds;
 pub mod job_protocol;
 pub mod job_state;

@@ -4,6 +4,7 @@
 //! names follow the protocol's so a reader can go from one to the other.
 //! Nothing here is checked yet: `validate` does that.
 
+use sweepfold_common::disk::DiskSpace;
 use sweepfold_common::{Attempt, JobId};
 
 /// One GPU as the agent read it (NVML or a fake inventory).
@@ -65,12 +66,15 @@ pub struct Hello {
     pub running: Vec<RunningJob>,
     /// Updates the coordinator has not acknowledged, in order.
     pub missed_updates: Vec<JobUpdate>,
+    /// The agent's work dir (absent from older agents).
+    pub disk: Option<DiskSpace>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Heartbeat {
     pub gpus: Vec<GpuReading>,
     pub running: Vec<RunningJob>,
+    pub disk: Option<DiskSpace>,
 }
 
 /// A message of an open session.
@@ -141,6 +145,8 @@ pub struct JobFinished {
     pub refused: bool,
     /// The agent is stopping (SIGTERM) and stopped or never started the job.
     pub agent_stopping: bool,
+    /// The job failed or was not started while the agent's disk was full.
+    pub disk_full: bool,
 }
 
 /// The header of one output file's upload.
@@ -168,4 +174,5 @@ pub struct AgentView {
     pub running_job_ids: Vec<JobId>,
     pub unhealthy_reason: String,
     pub mismatched_datasets: Vec<String>,
+    pub disk: Option<DiskSpace>,
 }

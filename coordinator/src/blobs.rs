@@ -86,6 +86,19 @@ impl BlobStore {
         self.path(sha256, role).is_file()
     }
 
+    /// Removes a blob no row refers to any more; returns the bytes freed
+    /// (0 when it was already gone).
+    pub fn remove(&self, sha256: &str, role: &str) -> Result<u64> {
+        let p = self.path(sha256, role);
+        let size = match std::fs::metadata(&p) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err(&p, e)),
+        };
+        std::fs::remove_file(&p).map_err(|e| io_err(&p, e))?;
+        Ok(size)
+    }
+
     pub fn read(&self, sha256: &str, role: &str) -> Result<Vec<u8>> {
         let p = self.path(sha256, role);
         std::fs::read(&p).map_err(|e| io_err(&p, e))

@@ -29,6 +29,10 @@ pub struct CoordinatorConfig {
     pub lease_ms: u64,
     /// Largest output file an agent may upload.
     pub max_upload_bytes: Bytes,
+    /// Below this much free space in `data_dir` the coordinator counts its
+    /// disk as full: no job starts (its results could not be stored) until
+    /// space returns; `coordinator agents` and `sweeps` say so.
+    pub min_free_bytes: Bytes,
     /// Failures at start in a row after which an agent gets no jobs.
     pub agent_unhealthy_after: u32,
     /// How long an unhealthy agent waits before it may try one job again
@@ -126,6 +130,7 @@ impl Default for CoordinatorConfig {
             heartbeat_interval_ms: 2_000,
             lease_ms: 10_000,
             max_upload_bytes: Bytes::from_gib(4),
+            min_free_bytes: Bytes::from_mib(512),
             agent_unhealthy_after: 3,
             agent_cooldown_ms: 60_000,
             scheduler: SchedulerConfig::default(),

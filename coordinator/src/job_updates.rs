@@ -83,7 +83,10 @@ impl Core {
                         fx.events.push(ev);
                     }
                     let outcome = self.outcome_of(&current, f, cfg)?;
-                    if matches!(outcome, Outcome::Refused { .. })
+                    // A refusal for a full disk does not stick to the
+                    // session: the job may come back once space returns.
+                    if (f.refused || f.agent_stopping)
+                        && matches!(outcome, Outcome::Refused { .. })
                         && let Some(live) = self.agents.get_mut(agent)
                     {
                         tracing::warn!(job = job.0, attempt = attempt.0, agent, reason = %f.error, "agent refused a job it cannot run; it goes to another agent");
@@ -100,7 +103,7 @@ impl Core {
                                     "agent marked unhealthy: it gets no jobs until its cooldown ends"
                                 );
                             }
-                        } else if !f.start_failure && !f.refused {
+                        } else if !f.start_failure && !f.refused && !f.disk_full {
                             live.health.record_healthy();
                         }
                     }
@@ -179,6 +182,22 @@ impl Core {
         if f.agent_stopping {
             return Ok(Outcome::Refused {
                 reason: "it is stopping (systemctl stop or restart, an upgrade)".into(),
+            });
+        }
+        // Not the job's fault, so no retry; but a job that fills the disk
+        // itself would come back for ever, so these count as lost attempts
+        // (at most `MAX_LOST_ATTEMPTS`, then the job fails).
+        if f.disk_full {
+            return Ok(Outcome::Lost {
+                reason: format!(
+                    "agent {}'s disk was full: {} (no retry used)",
+                    job.agent,
+                    if f.error.is_empty() {
+                        "below its reserve"
+                    } else {
+                        &f.error
+                    }
+                ),
             });
         }
         if f.refused {

@@ -262,6 +262,7 @@ impl CoordinatorHandle {
                         cpu_only: hello.cpu_only,
                         cpu_slots: hello.cpu_slots.max(1),
                         gpus: hello.gpus.clone(),
+                        disk: hello.disk.clone(),
                         datasets: hello.datasets.clone(),
                         mismatched,
                         last_seen: Instant::now(),
@@ -346,6 +347,13 @@ impl CoordinatorHandle {
                     FromAgent::Heartbeat(mut hb) => {
                         crate::validate::heartbeat(&mut hb);
                         live.gpus = hb.gpus;
+                        let was_full = live.disk_full();
+                        live.disk = hb.disk;
+                        match (was_full, live.disk_full()) {
+                            (None, Some(why)) => tracing::warn!(agent, %why, "agent's disk is full; it gets no jobs until space returns"),
+                            (Some(_), None) => tracing::info!(agent, "agent's disk has room again"),
+                            _ => {}
+                        }
                         let mut fx = core.reconcile(&agent, &hb.running, grace, false)?;
                         fx.reschedule = true;
                         fx
@@ -428,6 +436,16 @@ impl CoordinatorHandle {
         .await
     }
 
+    /// The data dir's disk, read now.
+    pub async fn coordinator_disk(&self) -> Result<Option<sweepfold_common::disk::DiskSpace>> {
+        let cfg = self.config_arc();
+        self.with_core(move |core| {
+            core.refresh_disk(&cfg);
+            Ok(core.disk.clone())
+        })
+        .await
+    }
+
     /// Every agent the coordinator has seen, with live readings.
     pub async fn list_agents(&self) -> Result<Vec<AgentView>> {
         self.with_core(|core| {
@@ -456,6 +474,7 @@ impl CoordinatorHandle {
                         .to_string(),
                     version: a.version.clone(),
                     mismatched_datasets: a.mismatched.iter().cloned().collect(),
+                    disk: a.disk.clone(),
                 });
             }
             Ok(out)

@@ -52,6 +52,11 @@ pub fn waiting_reason(core: &Core, s: &SweepRecord) -> Option<String> {
     if s.state != SweepState::Active || s.counts.queued == 0 {
         return None;
     }
+    if let Some(why) = core.disk_full() {
+        return Some(format!(
+            "{why}; no job starts until space returns (`coordinator delete SWEEP` frees a finished sweep's outputs)"
+        ));
+    }
     let connected: Vec<(&String, &AgentSession)> = core
         .agents
         .iter()
@@ -84,6 +89,17 @@ pub fn waiting_reason(core: &Core, s: &SweepRecord) -> Option<String> {
             "every connected agent with dataset `{}` ({}) has a copy that differs from the registered one; make the copies agree, or re-register the dataset if it changed on purpose",
             s.dataset,
             names(&with)
+        ));
+    }
+    let full: Vec<String> = with
+        .iter()
+        .filter_map(|(n, a)| a.disk_full().map(|why| format!("{n}: {why}")))
+        .collect();
+    if full.len() == with.len() {
+        return Some(format!(
+            "every connected agent with dataset `{}` has a full disk ({}); jobs start when space returns",
+            s.dataset,
+            full.join("; ")
         ));
     }
     None
@@ -328,6 +344,90 @@ impl CoordinatorHandle {
         self.publish(changes.into_iter().map(|(ev, _)| ev));
         self.poke();
         Ok((sweep, n))
+    }
+}
+
+/// What `delete_sweep` removed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deletion {
+    pub sweep: SweepId,
+    pub name: String,
+    pub jobs: u32,
+    pub ensembles: u32,
+    pub blobs: u32,
+    pub freed_bytes: u64,
+}
+
+impl CoordinatorHandle {
+    /// Deletes a sweep that is not running (owner or admin): its rows in
+    /// one transaction, then the blobs no other sweep refers to and the
+    /// files of the ensembles that used it.
+    pub async fn delete_sweep(&self, reference: String, who: Identity) -> Result<Deletion> {
+        let (sweep, deleted) = self
+            .with_core(move |core| {
+                let id = core.store.resolve_sweep(&reference)?;
+                let sweep = core
+                    .store
+                    .get_sweep(id)?
+                    .ok_or_else(|| Error::SweepNotFound(reference.clone()))?;
+                if !who.admin && sweep.owner != who.name {
+                    return Err(Error::PermissionDenied(format!(
+                        "sweep {id} belongs to `{}`; only `{}` or an admin may delete it",
+                        sweep.owner, sweep.owner
+                    )));
+                }
+                let open = sweep.counts.queued + sweep.counts.assigned + sweep.counts.running;
+                if open > 0 {
+                    return Err(Error::FailedPrecondition(format!(
+                        "sweep {id} ({}) still has {open} job(s) queued or running; cancel it first (coordinator cancel {id})",
+                        sweep.name
+                    )));
+                }
+                let deleted = core.store.delete_sweep(id)?;
+                Ok((sweep, deleted))
+            })
+            .await?;
+        let blobs = self.blobs().clone();
+        let data_dir = self.config().data_dir.clone();
+        let unreferenced = deleted.unreferenced_blobs.clone();
+        let ensembles = deleted.ensembles.clone();
+        let (removed, freed) = tokio::task::spawn_blocking(move || {
+            let (mut removed, mut freed) = (0u32, 0u64);
+            for (sha, role) in &unreferenced {
+                match blobs.remove(sha, role) {
+                    Ok(n) => {
+                        removed += u32::from(n > 0);
+                        freed += n;
+                    }
+                    Err(e) => tracing::warn!(sha, error = %e, "cannot remove an unreferenced blob"),
+                }
+            }
+            for e in &ensembles {
+                for f in [&e.submission_path, &e.probabilities_path] {
+                    let path = std::path::Path::new(f);
+                    // Only files the coordinator wrote itself.
+                    if path.starts_with(&data_dir)
+                        && let Ok(m) = std::fs::metadata(path)
+                        && std::fs::remove_file(path).is_ok()
+                    {
+                        freed += m.len();
+                    }
+                }
+            }
+            (removed, freed)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("deleting files: {e}")))?;
+        tracing::info!(sweep = sweep.id.0, name = %sweep.name, jobs = deleted.jobs, ensembles = deleted.ensembles.len(), blobs = removed, freed_bytes = freed, "sweep deleted");
+        self.poke();
+        Ok(Deletion {
+            sweep: sweep.id,
+            name: sweep.name,
+            jobs: deleted.jobs,
+            ensembles: deleted.ensembles.len() as u32,
+            blobs: removed,
+            freed_bytes: freed,
+        })
     }
 }
 

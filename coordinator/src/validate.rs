@@ -233,6 +233,7 @@ mod tests {
         let mut hb = Heartbeat {
             gpus: vec![gpu(u64::MAX, u64::MAX, 3)],
             running: Vec::new(),
+            disk: None,
         };
         heartbeat(&mut hb);
         assert_eq!(hb.gpus[0].total_memory_bytes, MAX_DEVICE_MEMORY);

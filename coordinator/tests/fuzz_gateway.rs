@@ -839,6 +839,7 @@ async fn run_case(spec: HelloSpec, actions: Vec<Action>) {
                             }
                         })
                         .collect(),
+                    disk: None,
                 }))
             }
             Action::Update(t, u) => Some(pb::agent_message::Msg::JobUpdate(job_update(

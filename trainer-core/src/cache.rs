@@ -7,6 +7,13 @@
 //! size and modification time, so a changed dataset or setting never reuses
 //! a stale cache. Building takes a lock file, so two jobs on one box build
 //! it once; a lock left by a dead process is taken over.
+//!
+//! The caches of one box are capped in size (the agent's `cache_max_bytes`,
+//! passed in `job.json`): each use stamps its entry's `last_used` file, and
+//! after loading, the least recently used other entries are removed until
+//! the total fits. An entry being built (its lock is held) or used in the
+//! last [`EVICT_GRACE`] is never removed, so the cap is soft for a moment
+//! when every entry is busy.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -21,6 +28,13 @@ use crate::preprocess::{decode, preprocess};
 
 /// Bump when the cache layout or the preprocessing code changes meaning.
 const CACHE_FORMAT: &str = "sweepfold-preprocessed-v1";
+
+/// An entry used this recently may be about to be loaded by another job on
+/// the box, so eviction leaves it.
+pub const EVICT_GRACE: Duration = Duration::from_secs(120);
+
+/// The file whose modification time says when an entry was last used.
+const LAST_USED: &str = "last_used";
 
 pub struct ImageCache {
     /// `[N_train, S, S, 3]` uint8, rows in train.csv order.
@@ -85,12 +99,14 @@ pub fn cache_key(index: &DatasetIndex, size: u32, cfg: &PreprocessConfig) -> Res
     Ok(hex::encode(h.finalize())[..24].to_string())
 }
 
-/// Loads the cache for these settings, building it first if needed.
+/// Loads the cache for these settings, building it first if needed; then,
+/// with `max_bytes`, evicts the least recently used other entries.
 pub fn load_or_build(
     index: &DatasetIndex,
     size: u32,
     cfg: &PreprocessConfig,
     cache_dir: &Path,
+    max_bytes: Option<u64>,
     threads: usize,
     log: &dyn Fn(String),
 ) -> Result<ImageCache> {
@@ -123,8 +139,17 @@ pub fn load_or_build(
             built = true;
         }
     }
+    // Stamped before loading, so a concurrent eviction leaves it alone.
+    let _ = std::fs::File::create(dir.join(LAST_USED));
     let train = Tensor::load(&train_path)?;
     let test = Tensor::load(&test_path)?;
+    if let Some(max) = max_bytes {
+        for (gone, bytes) in evict(&root, &key, max, EVICT_GRACE) {
+            log(format!(
+                "removed preprocessing cache {gone} ({bytes} bytes, least recently used) to keep the caches under {max} bytes"
+            ));
+        }
+    }
     let expect = |t: &Tensor, n: usize, what: &str| -> Result<()> {
         let want = [n as i64, i64::from(size), i64::from(size), 3];
         if t.size() != want || t.kind() != Kind::Uint8 {
@@ -149,6 +174,68 @@ pub fn load_or_build(
         built,
         seconds,
     })
+}
+
+/// One complete cache entry as eviction sees it.
+struct Entry {
+    key: String,
+    bytes: u64,
+    last_used: std::time::SystemTime,
+}
+
+/// Removes the least recently used entries under `root` other than `keep`
+/// until all of them together hold at most `max_bytes`; entries being built
+/// or used within `grace` stay. Returns the removed keys and their sizes.
+pub fn evict(root: &Path, keep: &str, max_bytes: u64, grace: Duration) -> Vec<(String, u64)> {
+    let Ok(dirs) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut entries = Vec::new();
+    for d in dirs.flatten() {
+        let path = d.path();
+        let Some(key) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        if !path.is_dir() || key.contains('.') || !path.join("complete").exists() {
+            continue; // temporary dirs and lock files
+        }
+        let stamp = |f: &str| std::fs::metadata(path.join(f)).and_then(|m| m.modified());
+        let Ok(last_used) = stamp(LAST_USED).or_else(|_| stamp("complete")) else {
+            continue;
+        };
+        entries.push(Entry {
+            bytes: sweepfold_common::disk::dir_size(&path),
+            key,
+            last_used,
+        });
+    }
+    let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
+    entries.sort_by_key(|e| e.last_used);
+    let now = std::time::SystemTime::now();
+    let mut removed = Vec::new();
+    for e in entries {
+        if total <= max_bytes {
+            break;
+        }
+        let recent = now
+            .duration_since(e.last_used)
+            .map_or(true, |age| age < grace);
+        if e.key == keep || recent || root.join(format!("{}.lock", e.key)).exists() {
+            continue;
+        }
+        // Renamed first, so no reader ever sees a half-removed entry.
+        let doomed = root.join(format!("{}.evicted-{}", e.key, std::process::id()));
+        if std::fs::rename(root.join(&e.key), &doomed).is_ok() {
+            let _ = std::fs::remove_dir_all(&doomed);
+            total -= e.bytes;
+            removed.push((e.key, e.bytes));
+        }
+    }
+    removed
 }
 
 fn save(pixels: &[u8], size: u32, path: &Path) -> Result<()> {
@@ -314,6 +401,75 @@ mod tests {
         DatasetIndex::load(dir).unwrap()
     }
 
+    /// A fake complete entry of `bytes` bytes last used `age` ago.
+    fn entry(root: &Path, key: &str, bytes: usize, age: Duration) {
+        let dir = root.join(key);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("train.pt"), vec![0u8; bytes]).unwrap();
+        std::fs::write(dir.join("complete"), b"").unwrap();
+        let f = std::fs::File::create(dir.join(LAST_USED)).unwrap();
+        f.set_modified(std::time::SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn eviction_removes_least_recently_used_first_and_spares_busy_entries() {
+        let cache = tempfile::tempdir().unwrap();
+        let root = cache.path();
+        let hour = Duration::from_secs(3600);
+        entry(root, "oldest", 400, 5 * hour);
+        entry(root, "old", 400, 4 * hour);
+        entry(root, "building", 400, 6 * hour);
+        std::fs::write(root.join("building.lock"), b"1").unwrap();
+        entry(root, "fresh", 400, Duration::ZERO);
+        entry(root, "mine", 400, 9 * hour);
+        std::fs::create_dir_all(root.join("x.tmp-7")).unwrap();
+        // 2000 bytes held, 1000 allowed: the two oldest idle ones go, in
+        // order; the one being built, the fresh one and our own stay.
+        let gone = evict(root, "mine", 1000, EVICT_GRACE);
+        assert_eq!(gone, vec![("oldest".into(), 400), ("old".into(), 400)]);
+        for kept in ["building", "fresh", "mine", "x.tmp-7"] {
+            assert!(root.join(kept).exists(), "{kept} was removed");
+        }
+        assert!(!root.join("oldest").exists() && !root.join("old").exists());
+        // Under the cap nothing goes.
+        assert!(evict(root, "mine", 10_000, Duration::ZERO).is_empty());
+        // Without the grace the fresh one may go too, never `keep`.
+        let gone = evict(root, "mine", 0, Duration::ZERO);
+        assert_eq!(gone, vec![("fresh".into(), 400)]);
+        assert!(root.join("mine").exists());
+    }
+
+    #[test]
+    fn a_capped_load_evicts_the_other_size_and_stamps_its_own() {
+        let data = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let index = dataset(data.path(), [9, 9, 9]);
+        let cfg = PreprocessConfig::default();
+        let a = load_or_build(&index, 16, &cfg, cache.path(), None, 1, &|_| {}).unwrap();
+        let root = cache.path().join("preprocessed");
+        // Age the first entry past the grace, then load another size with a
+        // cap that fits only one of them.
+        std::fs::File::create(root.join(&a.key).join(LAST_USED))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - 2 * EVICT_GRACE)
+            .unwrap();
+        let logged = std::sync::Mutex::new(Vec::new());
+        let one = sweepfold_common::disk::dir_size(&root.join(&a.key));
+        let b = load_or_build(&index, 20, &cfg, cache.path(), Some(one + 10), 1, &|m| {
+            logged.lock().unwrap().push(m)
+        })
+        .unwrap();
+        assert!(!root.join(&a.key).exists(), "the older size stays");
+        assert!(root.join(&b.key).join(LAST_USED).exists());
+        let logged = logged.into_inner().unwrap();
+        assert!(
+            logged
+                .iter()
+                .any(|m| m.contains("least recently used") && m.contains(&a.key)),
+            "{logged:?}"
+        );
+    }
+
     #[test]
     fn builds_once_then_reuses_and_rebuilds_on_change() {
         let data = tempfile::tempdir().unwrap();
@@ -321,15 +477,15 @@ mod tests {
         let index = dataset(data.path(), [255, 255, 255]);
         let cfg = PreprocessConfig::default();
         let log = |_: String| {};
-        let a = load_or_build(&index, 16, &cfg, cache.path(), 2, &log).unwrap();
+        let a = load_or_build(&index, 16, &cfg, cache.path(), None, 2, &log).unwrap();
         assert!(a.built);
         assert_eq!(a.train.size(), vec![2, 16, 16, 3]);
         assert_eq!(a.test.size(), vec![1, 16, 16, 3]);
-        let b = load_or_build(&index, 16, &cfg, cache.path(), 2, &log).unwrap();
+        let b = load_or_build(&index, 16, &cfg, cache.path(), None, 2, &log).unwrap();
         assert!(!b.built);
         assert_eq!(a.key, b.key);
         // Another size or setting: another cache.
-        let c = load_or_build(&index, 20, &cfg, cache.path(), 2, &log).unwrap();
+        let c = load_or_build(&index, 20, &cfg, cache.path(), None, 2, &log).unwrap();
         assert_ne!(c.key, a.key);
         let other = PreprocessConfig {
             whiten: false,
@@ -355,6 +511,7 @@ mod tests {
             16,
             &PreprocessConfig::default(),
             cache.path(),
+            None,
             2,
             &|_| {},
         )

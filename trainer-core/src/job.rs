@@ -71,6 +71,7 @@ pub fn run_job(job: &JobFile, emit: &mut dyn FnMut(ChildEvent)) -> Result<()> {
         cfg.image_size,
         &cfg.preprocess,
         &job.cache_dir,
+        job.cache_max_bytes,
         threads,
         &log,
     )?;
@@ -86,9 +87,7 @@ pub fn run_job(job: &JobFile, emit: &mut dyn FnMut(ChildEvent)) -> Result<()> {
         num_classes: i64::from(index.num_classes()),
     };
     let checkpoint_dir = if cfg.checkpoint {
-        job.cache_dir
-            .join("checkpoints")
-            .join(format!("job-{}", job.job_id))
+        sweepfold_common::job_protocol::checkpoint_dir(&job.cache_dir, job.job_id)
     } else {
         job.job_dir.join("checkpoint")
     };

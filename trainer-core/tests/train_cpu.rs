@@ -25,9 +25,15 @@ fn data() -> Data {
     let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
     let index = DatasetIndex::load(&sweepfold_common::mnist_sketch_dir()).unwrap();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let images = load_or_build(&index, 32, &cfg(1).preprocess, dir.path(), threads, &|m| {
-        eprintln!("{m}")
-    })
+    let images = load_or_build(
+        &index,
+        32,
+        &cfg(1).preprocess,
+        dir.path(),
+        None,
+        threads,
+        &|m| eprintln!("{m}"),
+    )
     .unwrap();
     Data { index, images }
 }

@@ -11,12 +11,14 @@
 //! at-least-once delivery of updates, `reports.rs` the finished reports kept
 //! on disk until acknowledged, `prepare.rs` the job directory and
 //! command line, `supervise.rs` the process from start to end, and
-//! `uploads.rs` the checks and uploads of its outputs.
+//! `uploads.rs` the checks and uploads of its outputs, `retention.rs` what
+//! of a job stays on disk after it.
 
 mod outbox;
 pub mod output;
 mod prepare;
 mod reports;
+mod retention;
 mod supervise;
 mod uploads;
 
@@ -25,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sweepfold_common::disk::DiskSpace;
 use sweepfold_common::{Attempt, JobId};
 use sweepfold_proto::v1 as pb;
 use tokio::sync::Notify;
@@ -95,6 +98,8 @@ impl JobManager {
             );
             state.outbox.push(update);
         }
+        let busy = state.outbox.pending_finished().into_iter().collect();
+        retention::prune_finished(&cfg.work_dir, cfg.keep_finished_jobs, &busy);
         Arc::new(JobManager {
             cfg,
             probe,
@@ -167,8 +172,37 @@ impl JobManager {
     }
 
     pub fn ack(&self, job: JobId, attempt: Attempt) {
-        self.state().outbox.ack(job, attempt);
+        let (acked, busy) = {
+            let mut st = self.state();
+            let acked = st.outbox.ack(job, attempt);
+            let mut busy: std::collections::HashSet<_> =
+                st.outbox.pending_finished().into_iter().collect();
+            busy.extend(st.running.iter().map(|(j, r)| (*j, r.attempt)));
+            (acked, busy)
+        };
         self.reports.remove((job, attempt));
+        let finished = acked.and_then(|u| match u.update {
+            Some(pb::job_update::Update::Finished(f)) => Some(f),
+            _ => None,
+        });
+        retention::after_ack(&self.cfg.work_dir, job, attempt, finished.as_ref());
+        retention::prune_finished(&self.cfg.work_dir, self.cfg.keep_finished_jobs, &busy);
+    }
+
+    /// The work dir's disk now (`None` when it cannot be read).
+    pub fn disk(&self) -> Option<DiskSpace> {
+        match DiskSpace::read(&self.cfg.work_dir, self.cfg.min_free_bytes) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(dir = %self.cfg.work_dir.display(), error = %e, "cannot read the work dir's free space");
+                None
+            }
+        }
+    }
+
+    /// `Some(why)` while the work dir's disk is below its reserve.
+    pub fn disk_full(&self) -> Option<String> {
+        self.disk().and_then(|d| d.full_reason())
     }
 
     // -- queries ------------------------------------------------------------
@@ -243,6 +277,20 @@ impl JobManager {
             });
             return;
         }
+        if let Some(why) = self.disk_full() {
+            tracing::warn!(job = job.0, attempt = attempt.0, %why, "not starting a job: the disk is full");
+            self.report(pb::JobUpdate {
+                job_id: job.0,
+                attempt: attempt.0,
+                update: Some(pb::job_update::Update::Finished(pb::JobFinished {
+                    outcome: pb::job_finished::Outcome::Cancelled as i32,
+                    error: why,
+                    disk_full: true,
+                    ..Default::default()
+                })),
+            });
+            return;
+        }
         let cancel = CancellationToken::new();
         let reason = Arc::new(Mutex::new(String::new()));
         {
@@ -273,6 +321,14 @@ impl JobManager {
             let mut finished = this.execute(&a, &cancel, &reason).await;
             if !a.gpu_uuid.is_empty() {
                 finished.gpu_seconds = started.elapsed().as_secs_f64();
+            }
+            // A job that failed on a full disk is not to blame: it costs no
+            // retry and waits for a disk with room.
+            if finished.outcome == pb::job_finished::Outcome::Failed as i32
+                && let Some(why) = this.disk_full()
+            {
+                finished.disk_full = true;
+                finished.error = format!("{why} (the job said: {})", finished.error);
             }
             let outcome = pb::job_finished::Outcome::try_from(finished.outcome)
                 .map(|o| o.as_str_name())

@@ -105,9 +105,16 @@ impl Outbox {
     }
 
     /// The coordinator recorded the end of this attempt: forget it.
-    pub fn ack(&mut self, job: JobId, attempt: Attempt) {
+    /// Forgets the acknowledged update; returns it (if it was held).
+    pub fn ack(&mut self, job: JobId, attempt: Attempt) -> Option<pb::JobUpdate> {
+        let i = self
+            .unacked
+            .iter()
+            .position(|(u, _)| u.job_id == job.0 && u.attempt == attempt.0)?;
+        let (u, _) = self.unacked.remove(i);
         self.unacked
             .retain(|(u, _)| !(u.job_id == job.0 && u.attempt == attempt.0));
+        Some(u)
     }
 
     /// Updates waiting or unacknowledged.

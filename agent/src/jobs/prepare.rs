@@ -41,9 +41,11 @@ impl JobManager {
         let params: Map<String, Value> = serde_json::from_str(&a.params_json)
             .map_err(|e| Error::Job(format!("bad parameters: {e}")))?;
         let work_dir = absolute(&self.cfg.work_dir)?;
-        let job_dir = work_dir
-            .join("jobs")
-            .join(format!("{}-attempt-{}", a.job_id, a.attempt));
+        let job_dir = super::retention::job_dir(
+            &work_dir,
+            sweepfold_common::JobId(a.job_id),
+            sweepfold_common::Attempt(a.attempt),
+        );
         if job_dir.exists() {
             std::fs::remove_dir_all(&job_dir).map_err(|e| Error::io(&job_dir, e))?;
         }
@@ -84,7 +86,8 @@ impl JobManager {
             data_dir: data_dir.clone(),
             job_dir: job_dir.clone(),
             output_dir: output_dir.clone(),
-            cache_dir: work_dir.join("cache"),
+            cache_dir: work_dir.join(proto::CACHE_DIR),
+            cache_max_bytes: Some(self.cfg.cache_max_bytes.0),
             num_classes: dataset.num_classes(),
             params: params.clone(),
             spec: spec.clone(),

@@ -9,12 +9,12 @@ use crate::transport::{Client, status_error};
 use crate::{out, outln};
 
 pub async fn agents(client: &mut Client, json: bool) -> anyhow::Result<()> {
-    let agents = client
+    let reply = client
         .list_agents(pb::ListAgentsRequest {})
         .await
         .map_err(status_error)?
-        .into_inner()
-        .agents;
+        .into_inner();
+    let agents = reply.agents;
     if json {
         let list: Vec<Value> = agents
             .iter()
@@ -28,6 +28,8 @@ pub async fn agents(client: &mut Client, json: bool) -> anyhow::Result<()> {
                     "unhealthy_reason": a.unhealthy_reason,
                     "running_job_ids": a.running_job_ids,
                     "mismatched_datasets": a.mismatched_datasets,
+                    "disk_free_bytes": a.disk_free_bytes,
+                    "disk_full_reason": a.disk_full_reason,
                     "datasets": a.datasets.iter().map(|d| serde_json::json!({
                         "name": d.name, "train_csv_sha256": d.train_csv_sha256,
                         "test_csv_sha256": d.test_csv_sha256,
@@ -48,6 +50,12 @@ pub async fn agents(client: &mut Client, json: bool) -> anyhow::Result<()> {
             .collect();
         return print_json(&list);
     }
+    if !reply.coordinator_disk_full_reason.is_empty() {
+        outln!(
+            "coordinator {}: no job starts until space returns",
+            reply.coordinator_disk_full_reason
+        );
+    }
     if agents.is_empty() {
         outln!("no agents have registered");
         return Ok(());
@@ -60,6 +68,8 @@ pub async fn agents(client: &mut Client, json: bool) -> anyhow::Result<()> {
             "disconnected".to_string()
         } else if !a.unhealthy_reason.is_empty() {
             format!("unhealthy: {}", a.unhealthy_reason)
+        } else if !a.disk_full_reason.is_empty() {
+            a.disk_full_reason.clone()
         } else {
             "ok".to_string()
         };

@@ -95,6 +95,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete a sweep that is not running (cancel it first): its jobs,
+    /// metrics and outputs, the ensembles that used it, and every stored
+    /// file no other sweep refers to.
+    Delete {
+        /// Sweep id or name.
+        sweep: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Follow a sweep until it ends.
     Watch {
         /// Sweep id or name.
@@ -187,6 +196,9 @@ pub async fn run(target: &Target, command: Command) -> anyhow::Result<()> {
         } => agents::reregister(&mut connect(target).await?, dataset).await,
         Command::Cancel { sweep, json } => {
             sweeps::cancel(&mut connect(target).await?, sweep, json).await
+        }
+        Command::Delete { sweep, json } => {
+            sweeps::delete(&mut connect(target).await?, sweep, json).await
         }
         Command::Watch { sweep } => sweeps::watch(&mut connect(target).await?, sweep)
             .await

@@ -346,6 +346,34 @@ pub async fn cancel(client: &mut Client, reference: String, json: bool) -> anyho
     Ok(())
 }
 
+pub async fn delete(client: &mut Client, reference: String, json: bool) -> anyhow::Result<()> {
+    let r = client
+        .delete_sweep(pb::DeleteSweepRequest { sweep: reference })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        return print_json(&serde_json::json!({
+            "sweep_id": r.sweep_id,
+            "sweep_name": r.sweep_name,
+            "deleted_jobs": r.deleted_jobs,
+            "deleted_ensembles": r.deleted_ensembles,
+            "deleted_blobs": r.deleted_blobs,
+            "freed_bytes": r.freed_bytes,
+        }));
+    }
+    outln!(
+        "deleted sweep {} ({}): {} jobs, {} ensembles, {} stored files no other sweep used ({} freed)",
+        r.sweep_id,
+        r.sweep_name,
+        r.deleted_jobs,
+        r.deleted_ensembles,
+        r.deleted_blobs,
+        sweepfold_common::Bytes(r.freed_bytes)
+    );
+    Ok(())
+}
+
 /// Follows a sweep until every job is final, with a progress bar on a
 /// terminal and one line per change otherwise. Returns the final sweep.
 pub async fn watch(client: &mut Client, reference: String) -> anyhow::Result<pb::Sweep> {

@@ -1,7 +1,8 @@
 //! Domain records to protocol messages and back: the API layer's half of
 //! every RPC.
 
-use sweepfold_common::{Attempt, JobId, JobState};
+use sweepfold_common::disk::DiskSpace;
+use sweepfold_common::{Attempt, Bytes, JobId, JobState};
 use sweepfold_proto::v1 as pb;
 
 use sweepfold_common::contract::EnsembleMember;
@@ -305,6 +306,7 @@ pub fn hello(h: pb::Hello) -> am::Hello {
         datasets: h.datasets.into_iter().map(dataset_info).collect(),
         running: h.running.into_iter().map(running).collect(),
         missed_updates: h.missed_updates.into_iter().map(job_update).collect(),
+        disk: h.disk.map(disk_space),
     }
 }
 
@@ -314,6 +316,7 @@ pub fn from_agent(m: pb::AgentMessage) -> am::FromAgent {
         Some(Msg::Heartbeat(hb)) => am::FromAgent::Heartbeat(am::Heartbeat {
             gpus: hb.gpus.into_iter().map(gpu_reading).collect(),
             running: hb.running.into_iter().map(running).collect(),
+            disk: hb.disk.map(disk_space),
         }),
         Some(Msg::JobUpdate(u)) => am::FromAgent::JobUpdate(job_update(u)),
         Some(Msg::Hello(_)) => am::FromAgent::Hello,
@@ -360,6 +363,23 @@ fn job_finished(f: pb::JobFinished) -> am::JobFinished {
         start_failure: f.start_failure,
         refused: f.refused,
         agent_stopping: f.agent_stopping,
+        disk_full: f.disk_full,
+    }
+}
+
+fn disk_space(d: pb::DiskSpace) -> DiskSpace {
+    DiskSpace {
+        path: d.path.into(),
+        free: Bytes(d.free_bytes),
+        min_free: Bytes(d.min_free_bytes),
+    }
+}
+
+pub fn disk_space_to_pb(d: &DiskSpace) -> pb::DiskSpace {
+    pb::DiskSpace {
+        path: d.path.display().to_string(),
+        free_bytes: d.free.0,
+        min_free_bytes: d.min_free.0,
     }
 }
 
@@ -387,5 +407,11 @@ pub fn agent(a: am::AgentView) -> pb::Agent {
         unhealthy_reason: a.unhealthy_reason,
         version: a.version,
         mismatched_datasets: a.mismatched_datasets,
+        disk_free_bytes: a.disk.as_ref().map_or(0, |d| d.free.0),
+        disk_full_reason: a
+            .disk
+            .as_ref()
+            .and_then(DiskSpace::full_reason)
+            .unwrap_or_default(),
     }
 }

@@ -174,6 +174,24 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
+    async fn delete_sweep(
+        &self,
+        request: Request<pb::DeleteSweepRequest>,
+    ) -> Result<Response<pb::DeleteSweepResponse>, Status> {
+        let who = self.auth.user(&request, Access::Write)?;
+        let reference = required(&request.into_inner().sweep, "sweep")?;
+        let reference = self.resolve(reference, &who).await?;
+        let d = self.handle.delete_sweep(reference, who).await?;
+        Ok(Response::new(pb::DeleteSweepResponse {
+            sweep_id: d.sweep.0,
+            sweep_name: d.name,
+            deleted_jobs: d.jobs,
+            deleted_ensembles: d.ensembles,
+            deleted_blobs: d.blobs,
+            freed_bytes: d.freed_bytes,
+        }))
+    }
+
     async fn reregister_dataset(
         &self,
         request: Request<pb::ReregisterDatasetRequest>,
@@ -203,6 +221,7 @@ impl Coordinator for CoordinatorService {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.auth.user(&request, Access::Read)?;
+        let disk = self.handle.coordinator_disk().await?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: self
                 .handle
@@ -211,6 +230,11 @@ impl Coordinator for CoordinatorService {
                 .into_iter()
                 .map(convert::agent)
                 .collect(),
+            coordinator_disk_full_reason: disk
+                .as_ref()
+                .and_then(|d| d.full_reason())
+                .unwrap_or_default(),
+            coordinator_disk: disk.as_ref().map(convert::disk_space_to_pb),
         }))
     }
 

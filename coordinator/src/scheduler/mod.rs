@@ -43,7 +43,7 @@ impl Core {
         let mut owner_usage: BTreeMap<String, Bytes> = BTreeMap::new();
         let mut devices = Vec::new();
         for (name, agent) in &self.agents {
-            if !agent.connected() {
+            if !agent.connected() || agent.disk_full().is_some() {
                 continue;
             }
             let datasets = agent.usable_datasets();
@@ -166,6 +166,10 @@ impl Core {
 
     /// Plans, commits and sends assignments; returns the state changes.
     pub fn schedule(&mut self, cfg: &CoordinatorConfig) -> Result<Vec<EventRecord>> {
+        // A job started now could not have its results stored.
+        if self.refresh_disk(cfg).is_some() {
+            return Ok(Vec::new());
+        }
         let snapshot = self.snapshot(cfg)?;
         if snapshot.pending.is_empty() || snapshot.devices.is_empty() {
             return Ok(Vec::new());

@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use sweepfold_common::disk::DiskSpace;
 use sweepfold_common::{Attempt, Bytes, JobId, SweepId};
 use tokio::sync::mpsc;
 
@@ -100,6 +101,8 @@ pub struct AgentSession {
     pub cpu_only: bool,
     pub cpu_slots: u32,
     pub gpus: Vec<GpuReading>,
+    /// The agent's work dir at its last report; a full one gets no jobs.
+    pub disk: Option<DiskSpace>,
     pub datasets: Vec<DatasetInfo>,
     /// Datasets whose hashes differ from the first registration.
     pub mismatched: BTreeSet<String>,
@@ -145,6 +148,7 @@ impl AgentSession {
             cpu_only: r.cpu_only,
             cpu_slots: 1,
             gpus: Vec::new(),
+            disk: None,
             datasets: Vec::new(),
             mismatched: BTreeSet::new(),
             // A restarted coordinator gives every agent a full lease to return.
@@ -159,6 +163,11 @@ impl AgentSession {
 
     pub fn connected(&self) -> bool {
         self.tx.is_some()
+    }
+
+    /// `Some(why)` while the agent's last report says its disk is full.
+    pub fn disk_full(&self) -> Option<String> {
+        self.disk.as_ref().and_then(DiskSpace::full_reason)
     }
 
     /// Queues a message; false if the session is gone or not keeping up.

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use sweepfold_common::disk::DiskSpace;
 use sweepfold_common::{Attempt, Bytes, JobId, SweepId};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,8 @@ pub struct Core {
     pub finished_sweeps: Vec<SweepId>,
     /// When the lease loop last judged the agents' leases.
     pub leases_checked_at: Instant,
+    /// The data dir's disk at the last scheduling pass.
+    pub disk: Option<DiskSpace>,
 }
 
 /// Remembers the coordinator's own pauses: a call on the core that took
@@ -105,6 +108,35 @@ impl Core {
         }
         Ok(done)
     }
+
+    /// Reads the data dir's free space again; `Some(why)` while it is
+    /// below the reserve. Logs each change between full and not.
+    pub fn refresh_disk(&mut self, cfg: &CoordinatorConfig) -> Option<String> {
+        let was_full = self.disk_full();
+        match DiskSpace::read(&cfg.data_dir, cfg.min_free_bytes) {
+            Ok(d) => self.disk = Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %cfg.data_dir.display(), "cannot read the data dir's free space");
+            }
+        }
+        let now_full = self.disk_full();
+        match (&was_full, &now_full) {
+            (None, Some(why)) => {
+                tracing::error!(%why, "the coordinator's disk is full; no job starts until space returns")
+            }
+            (Some(_), None) => tracing::info!("the coordinator's disk has room again"),
+            _ => {}
+        }
+        now_full
+    }
+
+    /// `Some(why)` while the last reading found the data dir's disk full.
+    pub fn disk_full(&self) -> Option<String> {
+        self.disk
+            .as_ref()
+            .and_then(DiskSpace::full_reason)
+            .map(|why| format!("coordinator {why}"))
+    }
 }
 
 #[derive(Clone)]
@@ -142,6 +174,7 @@ impl CoordinatorHandle {
                 next_session: 0,
                 finished_sweeps: Vec::new(),
                 leases_checked_at: now,
+                disk: None,
             })),
             events,
             pauses: Arc::new(PauseWatch::new(std::time::Duration::from_millis(

@@ -100,6 +100,15 @@ impl Store {
         Ok(())
     }
 
+    /// Every ensemble, oldest first.
+    pub fn ensembles(&self) -> Result<Vec<EnsembleRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM ensembles ORDER BY id"))?;
+        let rows = stmt.query_map([], from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The newest automatic ensemble of a sweep.
     pub fn sweep_ensemble(&self, sweep: SweepId) -> Result<Option<EnsembleRecord>> {
         Ok(self

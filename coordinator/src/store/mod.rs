@@ -17,12 +17,14 @@ use sweepfold_common::{Attempt, Bytes, JobId, JobState, SweepId};
 use crate::error::{Error, Result};
 
 mod agents;
+mod deletion;
 mod ensembles;
 mod lifecycle;
 mod outputs;
 mod tokens;
 
 pub use agents::{AgentRecord, DatasetRecord};
+pub use deletion::DeletedSweep;
 pub use ensembles::{ConfigStats, CurvePoint, EnsembleRecord};
 pub use lifecycle::{AssignmentInfo, Finished, Outcome, QueuedJob};
 pub use outputs::{MetricRecord, OutputRecord};

@@ -1,7 +1,8 @@
 //! Faults a team meets in its first weeks, each over real processes: a
 //! second agent under a name in use, a second process on a data or work dir,
 //! the coordinator itself frozen longer than a lease, a job printing bytes
-//! of any kind, and hostile sweep files sent straight to the server.
+//! of any kind, hostile sweep files sent straight to the server, and large
+//! bodies from callers without a valid token (refused unread).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -661,5 +662,59 @@ fn a_dataset_changed_on_purpose_is_re_registered_with_one_command() {
         agents[0]["mismatched_datasets"],
         serde_json::json!([]),
         "{agents}"
+    );
+}
+
+/// The peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+#[test]
+fn an_unauthenticated_call_is_refused_before_its_body_is_buffered() {
+    use sweepfold_proto::v1::coordinator_client::CoordinatorClient;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(&config, "[auth]\nrequire_tokens = true\n").unwrap();
+    let coord = Coordinator::start_with(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut client = rt
+        .block_on(CoordinatorClient::connect(coord.url()))
+        .unwrap()
+        .max_encoding_message_size(usize::MAX);
+    let before = peak_rss(coord.pid());
+    // 60 MiB, just under the server's message limit: decoded, it would
+    // sit in the server's memory before any handler could look at it.
+    let big = "x".repeat(60 << 20);
+    for token in [None, Some("Bearer not-a-token")] {
+        let mut req = tonic::Request::new(sweepfold_proto::v1::SubmitSweepRequest {
+            sweep_yaml: big.clone(),
+            file_name: "big.yaml".into(),
+            default_owner: String::new(),
+        });
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", t.parse().unwrap());
+        }
+        let err = rt.block_on(client.submit_sweep(req)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    }
+    let grew = peak_rss(coord.pid()).saturating_sub(before);
+    eprintln!(
+        "peak memory growth for two refused 60 MiB calls: {} KiB",
+        grew >> 10
+    );
+    assert!(
+        grew < 30 << 20,
+        "the coordinator's peak memory grew by {} MiB for bodies it should not have read",
+        grew >> 20
     );
 }

@@ -1,12 +1,14 @@
 //! The API layer: the `Coordinator` service for users (`grpc`), the
 //! `AgentGateway` service for agents (`gateway`), the server that hosts
-//! both (`server`), and the conversions between domain records and protocol
+//! both (`server`), the first check of a user's call on its headers alone
+//! (`gate`), and the conversions between domain records and protocol
 //! messages (`convert`).
 //!
 //! Architecture invariant: every RPC checks its caller (`auth`) before it
 //! reaches the handle.
 
 pub mod convert;
+pub mod gate;
 pub mod gateway;
 pub mod grpc;
 pub mod server;

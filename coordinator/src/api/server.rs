@@ -52,6 +52,7 @@ pub async fn serve(
     let coordinator = CoordinatorServer::new(CoordinatorService::new(handle.clone(), auth.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let gate = super::gate::GateLayer::new(auth.clone());
     let gateway = AgentGatewayServer::new(GatewayService::new(handle.clone(), auth))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -70,6 +71,8 @@ pub async fn serve(
             .tls_config(tls)
             .map_err(|e| Error::Internal(format!("TLS: {e}")))?;
     }
+    // Unauthenticated calls are refused on their headers, unread.
+    let mut builder = builder.layer(gate);
     // Small request/response messages must not wait for Nagle's algorithm
     // and the peer's delayed ACK: without TCP_NODELAY every call took ~40 ms.
     let incoming = TcpListenerStream::new(listener).map(|conn| {

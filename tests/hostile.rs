@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sweepfold_tests::cluster::Cluster;
-use sweepfold_tests::{Agent, Coordinator, FAST_LEASE, bin, mnist_sketch_dataset, wait_for};
+use sweepfold_tests::{
+    Agent, Coordinator, FAST_LEASE, bin, mnist_sketch_dataset, pids_with, wait_for,
+};
 
 fn cpu_agent(url: &str, name: &str, work_dir: &Path) -> Agent {
     Agent::start(
@@ -382,6 +384,47 @@ fn hostile_sweep_files_sent_to_the_server_are_refused_and_it_stays_up() {
         .submit(&format!("{head}parameters: {{x: {{values: [1, 2]}}}}\n"))
         .expect("a good file after the bad ones");
     assert_eq!(ok.name, "h");
+}
+
+#[test]
+fn an_agent_killed_while_uploading_a_finished_fold_reports_it_after_restart_not_rerunning_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut coord =
+        Coordinator::start_with(&dir.path().join("data"), "127.0.0.1:0", &[], FAST_LEASE);
+    let work = dir.path().join("a");
+    let mut a = cpu_agent(&coord.url(), "a", &work);
+    let marker = format!("2.{}3", std::process::id());
+    coord.cli_ok(&[
+        "submit",
+        &sleepy_sweep(dir.path(), "unreported", 2, &marker),
+    ]);
+    wait_for("both jobs to run", Duration::from_secs(30), || {
+        (pids_with(&format!("--sleep {marker}")).len() == 2).then_some(())
+    });
+    // The coordinator stops answering just before the jobs exit, so their
+    // uploads hang; the agent dies in the middle of them.
+    coord.signal("STOP");
+    wait_for(
+        "both job processes to exit",
+        Duration::from_secs(30),
+        || {
+            pids_with(&format!("--sleep {marker}"))
+                .is_empty()
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    a.kill9();
+    coord.signal("CONT");
+    let a = cpu_agent(&coord.url(), "a", &work);
+    wait_finished(&coord, "unreported", 60);
+    assert_each_succeeded_first_time(&coord, "unreported");
+    assert!(
+        a.log.contains("was never reported; uploading its outputs"),
+        "{}",
+        a.log.all()
+    );
+    coord.kill9();
 }
 
 #[test]

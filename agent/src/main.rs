@@ -137,6 +137,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         Duration::from_millis(cfg.reconnect_max_ms),
     );
     let jobs = JobManager::new(cfg.clone(), probe.clone(), datasets.clone(), uploader);
+    jobs.recover_finished();
     let agent = Arc::new(Agent::new(
         cfg.clone(),
         probe,

@@ -12,11 +12,13 @@
 //! on disk until acknowledged, `prepare.rs` the job directory and
 //! command line, `supervise.rs` the process from start to end, and
 //! `uploads.rs` the checks and uploads of its outputs, `retention.rs` what
-//! of a job stays on disk after it.
+//! of a job stays on disk after it, `recover.rs` results a previous run of
+//! the agent did not get to report.
 
 mod outbox;
 pub mod output;
 mod prepare;
+mod recover;
 mod reports;
 mod retention;
 mod supervise;
@@ -339,6 +341,7 @@ impl JobManager {
                 attempt: attempt.0,
                 update: Some(pb::job_update::Update::Finished(finished)),
             });
+            recover::reported(&this.cfg.work_dir, job, attempt);
         });
     }
 

@@ -29,6 +29,21 @@ pub(super) struct Prepared {
     pub(super) test_rows: usize,
 }
 
+impl Prepared {
+    pub(super) fn outputs_plan(&self, a: &pb::AssignJob) -> super::uploads::OutputsPlan {
+        super::uploads::OutputsPlan {
+            job: sweepfold_common::JobId(a.job_id),
+            attempt: sweepfold_common::Attempt(a.attempt),
+            job_dir: self.job_dir.clone(),
+            output_dir: self.output_dir.clone(),
+            val_rows: self.val_rows,
+            test_csv: self.test_csv.clone(),
+            num_classes: self.num_classes,
+            test_rows: self.test_rows,
+        }
+    }
+}
+
 impl JobManager {
     /// Writes the job directory and works out the command line.
     pub(super) fn prepare(&self, a: &pb::AssignJob, spec: JobSpec) -> Result<Prepared> {

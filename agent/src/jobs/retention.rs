@@ -22,7 +22,7 @@ pub(super) fn job_dir(work_dir: &Path, job: JobId, attempt: Attempt) -> PathBuf 
         .join(format!("{}-attempt-{}", job.0, attempt.0))
 }
 
-fn parse_job_dir(name: &str) -> Option<(JobId, Attempt)> {
+pub(super) fn parse_job_dir(name: &str) -> Option<(JobId, Attempt)> {
     let (job, attempt) = name.split_once("-attempt-")?;
     Some((JobId(job.parse().ok()?), Attempt(attempt.parse().ok()?)))
 }
@@ -61,7 +61,8 @@ pub(super) fn prune_finished(work_dir: &Path, keep: usize, busy: &HashSet<(JobId
         .flatten()
         .filter_map(|e| {
             let attempt = parse_job_dir(e.file_name().to_str()?)?;
-            if busy.contains(&attempt) {
+            // Busy, or a result still to recover (see `recover.rs`).
+            if busy.contains(&attempt) || e.path().join(super::recover::EXITED_OK).exists() {
                 return None;
             }
             let modified = e.metadata().ok()?.modified().ok()?;

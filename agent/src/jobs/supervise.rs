@@ -330,7 +330,10 @@ impl JobManager {
                 },
             };
         }
-        match self.upload_outputs(a, &prepared, cancel).await {
+        // Until its report is on disk, this marker lets a restarted agent
+        // upload and report the result instead of losing the fold.
+        let _ = std::fs::write(prepared.job_dir.join(super::recover::EXITED_OK), b"");
+        match self.upload_outputs(&prepared.outputs_plan(a), cancel).await {
             Ok(outputs) => pb::JobFinished {
                 outcome: pb::job_finished::Outcome::Succeeded as i32,
                 peak_gpu_memory_bytes: peak.get(),

@@ -14,15 +14,26 @@ use tokio_util::sync::CancellationToken;
 use crate::upload::UploadError;
 
 use super::JobManager;
-use super::prepare::Prepared;
+
+/// Where a finished attempt's outputs are and what shapes they must have.
+#[derive(Debug, Clone)]
+pub(super) struct OutputsPlan {
+    pub(super) job: JobId,
+    pub(super) attempt: Attempt,
+    pub(super) job_dir: PathBuf,
+    pub(super) output_dir: PathBuf,
+    pub(super) val_rows: usize,
+    pub(super) test_csv: PathBuf,
+    pub(super) num_classes: u32,
+    pub(super) test_rows: usize,
+}
 
 impl JobManager {
     /// Checks the job's output files and uploads them with the fold's
     /// indices and targets and the dataset's test.csv.
     pub(super) async fn upload_outputs(
         &self,
-        a: &pb::AssignJob,
-        p: &Prepared,
+        p: &OutputsPlan,
         cancel: &CancellationToken,
     ) -> std::result::Result<Vec<pb::OutputRef>, String> {
         let check = |file: &str, rows: usize| -> std::result::Result<PathBuf, String> {
@@ -62,13 +73,7 @@ impl JobManager {
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             match self
                 .uploader
-                .upload(
-                    JobId(a.job_id),
-                    Attempt(a.attempt),
-                    role.as_str(),
-                    bytes,
-                    cancel,
-                )
+                .upload(p.job, p.attempt, role.as_str(), bytes, cancel)
                 .await
             {
                 Ok(sha256) => refs.push(pb::OutputRef {

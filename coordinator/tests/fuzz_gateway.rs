@@ -9,8 +9,18 @@
 //! whose contents match their checksum, and have succeeded jobs only with a
 //! complete, cross-checked set of outputs.
 //!
+//! Every case is also bounded in time (`MAX_CASE_TIME`) and memory: the
+//! process (test client and coordinator together) may hold at most
+//! `MAX_CASE_BYTES` more at the case's peak than when it began, counted by
+//! the allocator below; the tests of this file take turns (`SERIAL`) so no
+//! other test's allocations count.
+//!
 //! `SWEEPFOLD_FUZZ_CASES` sets the number of cases (default 150; the run
 //! recorded in BENCHMARKS.md used 20000).
+
+// The one exception to the workspace's `unsafe_code = "deny"`: a test-only
+// counting allocator (below), which must implement the unsafe `GlobalAlloc`.
+#![allow(unsafe_code)]
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -34,6 +44,70 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
+
+/// The longest one case may take (a debug build on a loaded 2-core CI VM).
+const MAX_CASE_TIME: Duration = Duration::from_secs(20);
+
+/// The most memory one case may add at its peak (1000 cases peaked at
+/// 1 MiB; one message at the 64 MiB limit held twice would still fit).
+const MAX_CASE_BYTES: isize = 128 << 20;
+
+/// The system allocator, counting the bytes the whole process holds and
+/// the peak since the last reset.
+struct Counting;
+
+static HELD: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+static PEAK: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; the counters are
+// atomics, which allocate nothing.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let held =
+            HELD.fetch_add(layout.size() as isize, Ordering::Relaxed) + layout.size() as isize;
+        PEAK.fetch_max(held, Ordering::Relaxed);
+        // SAFETY: the caller's layout goes to the system allocator as is.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        HELD.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc` above with this layout.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The tests of this file run one at a time, so a case's memory is its own.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Runs one case, failing if it took longer than [`MAX_CASE_TIME`] or its
+/// peak held more than [`MAX_CASE_BYTES`] beyond the start.
+fn bounded<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let start_held = HELD.load(Ordering::Relaxed);
+    PEAK.store(start_held, Ordering::Relaxed);
+    let start = Instant::now();
+    let out = f();
+    let took = start.elapsed();
+    let grew = PEAK.load(Ordering::Relaxed) - start_held;
+    STATS
+        .max_case_ms
+        .fetch_max(took.as_millis() as u64, Ordering::Relaxed);
+    STATS
+        .max_case_bytes
+        .fetch_max(grew.max(0) as u64, Ordering::Relaxed);
+    assert!(took <= MAX_CASE_TIME, "{what} took {took:?}");
+    assert!(
+        grew <= MAX_CASE_BYTES,
+        "{what} held {} MiB more at its peak (bound {} MiB)",
+        grew >> 20,
+        MAX_CASE_BYTES >> 20
+    );
+    out
+}
 
 const DATASET: &str = "fuzzset";
 const TRAIN_ROWS: u64 = 100;
@@ -75,6 +149,8 @@ struct Stats {
     uploads_stored: AtomicU64,
     uploads_refused: AtomicU64,
     updates_refused_in_log: AtomicU64,
+    max_case_ms: AtomicU64,
+    max_case_bytes: AtomicU64,
 }
 
 static STATS: Stats = Stats {
@@ -84,6 +160,8 @@ static STATS: Stats = Stats {
     uploads_stored: AtomicU64::new(0),
     uploads_refused: AtomicU64::new(0),
     updates_refused_in_log: AtomicU64::new(0),
+    max_case_ms: AtomicU64::new(0),
+    max_case_bytes: AtomicU64::new(0),
 };
 
 fn rig() -> &'static Rig {
@@ -965,7 +1043,7 @@ fn check_log() {
 fn print_stats() {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     eprintln!(
-        "fuzz: {} cases, {} s; {} sessions refused, {} assignments, {} uploads stored, {} refused, {} job updates refused",
+        "fuzz: {} cases, {} s; {} sessions refused, {} assignments, {} uploads stored, {} refused, {} job updates refused; slowest case {} ms, largest case peak {} MiB",
         g(&STATS.cases),
         start_time().elapsed().as_secs(),
         g(&STATS.sessions_refused),
@@ -973,6 +1051,8 @@ fn print_stats() {
         g(&STATS.uploads_stored),
         g(&STATS.uploads_refused),
         g(&STATS.updates_refused_in_log),
+        g(&STATS.max_case_ms),
+        g(&STATS.max_case_bytes) >> 20,
     );
 }
 
@@ -1086,12 +1166,15 @@ proptest! {
         spec in hello_spec(),
         actions in prop::collection::vec(action(), 1..12),
     ) {
-        rig().rt.block_on(run_case(spec, actions));
+        let rig = rig();
+        bounded("a case", || rig.rt.block_on(run_case(spec, actions)));
     }
 }
 
 #[test]
 fn oversized_messages_are_refused_with_a_clear_error() {
+    // Its 64 MiB messages must not count against a fuzz case.
+    let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let rig = rig();
     rig.rt.block_on(async {
         let mut gateway =
@@ -1120,5 +1203,14 @@ fn oversized_messages_are_refused_with_a_clear_error() {
         };
         assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}");
         assert!(s.message().contains("message length too large"), "{s:?}");
+    });
+}
+
+#[test]
+#[should_panic(expected = "more at its peak")]
+fn the_memory_bound_catches_a_case_that_holds_too_much() {
+    bounded("a case holding 300 MiB", || {
+        let hog = vec![1u8; 300 << 20];
+        std::hint::black_box(&hog);
     });
 }

@@ -1,11 +1,16 @@
 //! Chaos: a 30-job sweep runs on three agents while, on a seeded random
 //! schedule, agents and the coordinator are killed (SIGKILL) and restarted,
 //! the coordinator is frozen (SIGSTOP) for longer than a lease, and a
-//! second agent claims the name of a connected one. Afterwards every job
+//! second agent claims the name of a connected one, and an agent's disk
+//! fills below its reserve for a while (each agent works on a small disk of
+//! its own when the test runs as root). Every job prints hostile output
+//! first (random bytes, a long line without a newline, `\r` progress
+//! redraws). Afterwards every job
 //! has succeeded exactly once, every stored output matches its checksum,
 //! every configuration's out-of-fold predictions are complete, no job was
 //! requeued because the coordinator itself was frozen, and every duplicate
-//! agent was refused.
+//! agent was refused. It prints the retries used and the CPU time thrown
+//! away by attempts that did not finish.
 //!
 //! The run prints what it survived (kills, requeues, time to detect a dead
 //! agent); BENCHMARKS.md records a run. `SWEEPFOLD_CHAOS_SEED` picks another
@@ -16,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::Digest;
-use sweepfold_tests::{Agent, Coordinator, FAST_LEASE, mnist_sketch_dataset, now_ms, wait_for};
+use sweepfold_tests::{
+    Agent, Coordinator, FAST_LEASE, SmallDisk, mnist_sketch_dataset, now_ms, wait_for,
+};
 
 const AGENTS: [&str; 3] = ["a", "b", "c"];
 /// Kill events before the sweep is left to finish in peace.
@@ -42,11 +49,19 @@ impl Rng {
     }
 }
 
-fn start_agent(url: &str, name: &str, dir: &Path) -> Agent {
-    Agent::spawn(
+/// Each agent's work dir: on its own small disk when there are disks.
+fn work_dir(dir: &Path, disks: &[SmallDisk], i: usize) -> std::path::PathBuf {
+    match disks.get(i) {
+        Some(d) => d.path.join(AGENTS[i]),
+        None => dir.join(AGENTS[i]),
+    }
+}
+
+fn start_agent(url: &str, i: usize, dir: &Path, disks: &[SmallDisk]) -> Agent {
+    Agent::spawn_with_env(
         url,
-        name,
-        &dir.join(name),
+        AGENTS[i],
+        &work_dir(dir, disks, i),
         &[
             "--cpu",
             "--cpu-slots",
@@ -54,6 +69,7 @@ fn start_agent(url: &str, name: &str, dir: &Path) -> Agent {
             "--dataset",
             &mnist_sketch_dataset(),
         ],
+        &[("SWEEPFOLD_AGENT_MIN_FREE_BYTES", "8MiB")],
     )
 }
 
@@ -85,9 +101,12 @@ fn a_sweep_survives_random_kills_of_agents_and_the_coordinator() {
     let mut coord = Coordinator::start_with(&data, "127.0.0.1:0", &[], FAST_LEASE);
     let addr = coord.addr.clone();
     let url = coord.url();
-    let mut agents: Vec<Agent> = AGENTS
+    let disks: Vec<SmallDisk> = AGENTS
         .iter()
-        .map(|n| start_agent(&url, n, dir.path()))
+        .map_while(|n| SmallDisk::mount(&dir.path().join(format!("disk-{n}")), 64))
+        .collect();
+    let mut agents: Vec<Agent> = (0..AGENTS.len())
+        .map(|i| start_agent(&url, i, dir.path(), &disks))
         .collect();
     let sweep = dir.path().join("chaos.yaml");
     std::fs::write(
@@ -95,7 +114,7 @@ fn a_sweep_survives_random_kills_of_agents_and_the_coordinator() {
         r#"name: chaos
 kfold: {folds: 10}
 dataset: mnist-sketch
-command: ["python3", "examples/train_example.py", "--model", "prior", "--epochs", "2", "--sleep", "{sleep}"]
+command: ["sh", "-c", "head -c 100000 /dev/urandom; head -c 200000 /dev/zero | tr '\\0' x; for i in $(seq 50); do printf 'progress %s%%\\r' $i; done; echo; exec python3 examples/train_example.py --model prior --epochs 2 --sleep {sleep}"]
 parameters:
   sleep: {values: [1.5, 2.5, 3.5]}
 retries: 2
@@ -116,14 +135,26 @@ retries: 2
     // When the coordinator was frozen: (from, to) in ms since the epoch.
     let mut freezes: Vec<(i64, i64)> = Vec::new();
     let mut duplicates_refused = 0;
+    let mut disks_filled = 0;
     for _ in 0..EVENTS {
         std::thread::sleep(rng.ms(2_000, 5_000));
         let finished = coord.cli_json(&["sweep", "chaos"])["sweep"]["state"] == "finished";
         if finished {
             break;
         }
-        let fault = rng.below(6);
-        if fault == 2 {
+        let fault = rng.below(7);
+        if fault == 6 {
+            if disks.is_empty() {
+                continue;
+            }
+            // Someone copies a dataset onto the box: its disk is below the
+            // agent's reserve for a few seconds.
+            let i = rng.below(AGENTS.len());
+            let ballast = disks[i].fill(2 << 20);
+            std::thread::sleep(rng.ms(2_000, 5_000));
+            std::fs::remove_file(ballast).unwrap();
+            disks_filled += 1;
+        } else if fault == 2 {
             // A frozen VM or a stuck disk, longer than the 3 s lease.
             let from = now_ms();
             coord.signal("STOP");
@@ -174,7 +205,7 @@ retries: 2
             // Sometimes back within the lease (3 s), sometimes after it.
             let down = rng.ms(500, 6_000);
             std::thread::sleep(down);
-            agents[i] = start_agent(&url, AGENTS[i], dir.path());
+            agents[i] = start_agent(&url, i, dir.path(), &disks);
             agent_kills.push(AgentKill {
                 at_ms,
                 running,
@@ -216,6 +247,10 @@ retries: 2
     let all = jobs(&coord);
     assert_eq!(all.len(), 30);
     let mut requeues = 0;
+    let mut retries_used = 0;
+    // CPU time of attempts that were started and did not finish (killed
+    // with their agent, stopped as stale), from their history.
+    let mut thrown_away_ms = 0;
     let mut details = std::collections::HashMap::new();
     for j in &all {
         assert_eq!(j["state"], "succeeded", "{j}");
@@ -236,6 +271,18 @@ retries: 2
             .iter()
             .filter(|e| e["to"] == "queued" && e["attempt"].as_u64() > Some(0))
             .count();
+        retries_used += j["failures"].as_u64().unwrap();
+        for (k, e) in history.iter().enumerate() {
+            if e["to"] != "running" || e["attempt"] == j["attempt"] {
+                continue;
+            }
+            if let Some(end) = history[k + 1..]
+                .iter()
+                .find(|x| x["attempt"] == e["attempt"] && x["to"] == "queued")
+            {
+                thrown_away_ms += end["at_ms"].as_i64().unwrap() - e["at_ms"].as_i64().unwrap();
+            }
+        }
         let outputs = d["outputs"].as_array().unwrap();
         assert_eq!(outputs.len(), 5, "{d}");
         for o in outputs {
@@ -289,17 +336,19 @@ retries: 2
     };
     eprintln!(
         "chaos (seed {seed}): {} agent kills, {coordinator_kills} coordinator kills, {} coordinator freezes longer than the lease \
-         (0 jobs requeued by them), {duplicates_refused} duplicate agents refused, survived in {chaos_secs:.0} s of chaos; \
-         sweep finished after {total_secs:.0} s; {requeues} requeues; 30/30 jobs succeeded exactly once, {} outputs verified; \
+         (0 jobs requeued by them), {duplicates_refused} duplicate agents refused, {disks_filled} agent disks filled, survived in {chaos_secs:.0} s of chaos; \
+         sweep finished after {total_secs:.0} s; {requeues} requeues, {retries_used} retries used, {:.1} s of job time thrown away; \
+         30/30 jobs succeeded exactly once (0 results lost), {} outputs verified; \
          dead agent's jobs requeued (agent down > lease): {}; (agent back within the lease): {}",
         agent_kills.len(),
         freezes.len(),
+        thrown_away_ms as f64 / 1000.0,
         all.len() * 5,
         summary(true),
         summary(false),
     );
     assert!(
-        !agent_kills.is_empty() || coordinator_kills > 0 || !freezes.is_empty(),
+        !agent_kills.is_empty() || coordinator_kills > 0 || !freezes.is_empty() || disks_filled > 0,
         "the schedule did nothing"
     );
     // A dead agent's jobs are requeued within the lease plus a heartbeat

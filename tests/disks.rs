@@ -5,85 +5,13 @@
 //! A full disk is a state the CLI shows; no job starts into it, none is
 //! charged a retry for it, no result is lost, and work resumes by itself.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use sweepfold_tests::{Agent, Coordinator, FAST_LEASE, mnist_sketch_dataset, wait_for};
+use sweepfold_tests::{Agent, Coordinator, FAST_LEASE, SmallDisk, mnist_sketch_dataset, wait_for};
 
 const MIB: u64 = 1 << 20;
-
-/// A tmpfs of its own size, unmounted on drop.
-struct SmallDisk {
-    path: PathBuf,
-}
-
-impl SmallDisk {
-    /// `None` (after saying why) when this process may not mount.
-    fn mount(path: &Path, mib: u64) -> Option<SmallDisk> {
-        std::fs::create_dir_all(path).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(path)
-            .output()
-            .expect("run mount");
-        if !out.status.success() {
-            let why = String::from_utf8_lossy(&out.stderr);
-            if nix_is_root() {
-                panic!("root cannot mount a tmpfs at {}: {why}", path.display());
-            }
-            eprintln!("skipped: mounting a small disk needs root ({why})");
-            return None;
-        }
-        Some(SmallDisk {
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn free(&self) -> u64 {
-        let out = Command::new("df")
-            .args(["-B1", "--output=avail"])
-            .arg(&self.path)
-            .output()
-            .expect("run df");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .and_then(|l| l.trim().parse().ok())
-            .expect("df prints the free bytes")
-    }
-
-    /// Fills the disk until `leave` bytes are free (0: until it is full).
-    fn fill(&self, leave: u64) -> PathBuf {
-        let ballast = self.path.join(format!("ballast-{}", self.free()));
-        let size = self.free().saturating_sub(leave);
-        let mut f = std::fs::File::create(&ballast).unwrap();
-        let chunk = vec![7u8; MIB as usize];
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(MIB) as usize;
-            if std::io::Write::write_all(&mut f, &chunk[..n]).is_err() {
-                break; // full
-            }
-            left -= n as u64;
-        }
-        ballast
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
-fn nix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
 
 fn sweep_file(dir: &Path, name: &str, command: &str) -> String {
     let path = dir.join(format!("{name}.yaml"));

@@ -535,3 +535,74 @@ pub fn pids_with(needle: &str) -> Vec<u32> {
     }
     out
 }
+
+/// A small disk of its own (a tmpfs of `mib` MiB) for the disk-full tests,
+/// unmounted on drop. Mounting needs root: `mount` returns `None` (after
+/// saying so) for anyone else, and panics if root cannot mount.
+pub struct SmallDisk {
+    pub path: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(path: &Path, mib: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("run mount");
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr);
+            let root = Command::new("id")
+                .arg("-u")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+            if root {
+                panic!("root cannot mount a tmpfs at {}: {why}", path.display());
+            }
+            eprintln!("skipped: mounting a small disk needs root ({why})");
+            return None;
+        }
+        Some(SmallDisk {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Bytes free on it now.
+    pub fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.path)
+            .output()
+            .expect("run df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df prints the free bytes")
+    }
+
+    /// Fills the disk until about `leave` bytes are free (0: until a write
+    /// fails); returns the ballast file, whose removal makes room again.
+    pub fn fill(&self, leave: u64) -> PathBuf {
+        let free = self.free();
+        let ballast = self.path.join(format!("ballast-{free}"));
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let mut left = free.saturating_sub(leave);
+        while left > 0 {
+            let n = left.min(1 << 20) as usize;
+            if f.write_all(&chunk[..n]).is_err() {
+                break; // full
+            }
+            left -= n as u64;
+        }
+        ballast
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

@@ -27,10 +27,6 @@ fn sweep_file(dir: &Path, name: &str, command: &str) -> String {
 
 const QUICK: &str = r#"["python3", "examples/train_example.py", "--model", "prior", "--epochs", "1", "--sleep", "2"]"#;
 
-fn jobs(coord: &Coordinator, sweep: &str) -> Vec<Value> {
-    coord.cli_json(&["jobs", sweep]).as_array().unwrap().clone()
-}
-
 fn sweep_json(coord: &Coordinator, name: &str) -> Value {
     coord
         .cli_json(&["sweeps"])
@@ -40,14 +36,6 @@ fn sweep_json(coord: &Coordinator, name: &str) -> Value {
         .find(|s| s["name"] == name)
         .cloned()
         .unwrap_or_else(|| panic!("no sweep {name}"))
-}
-
-fn wait_finished(coord: &Coordinator, name: &str) {
-    wait_for(
-        &format!("sweep {name} to finish"),
-        Duration::from_secs(90),
-        || (coord.cli_json(&["sweep", name])["sweep"]["state"] == "finished").then_some(()),
-    );
 }
 
 #[test]
@@ -109,15 +97,16 @@ fn full_disks_hold_work_back_at_no_cost_and_work_resumes_when_space_returns() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        jobs(&coord, "held")
+        coord
+            .jobs("held")
             .iter()
             .all(|j| j["state"] == "queued" && j["attempt"] == 0)
     );
 
     // Space returns: the sweep runs by itself, each job once.
     std::fs::remove_file(&ballast).unwrap();
-    wait_finished(&coord, "held");
-    for j in jobs(&coord, "held") {
+    coord.wait_finished("held", 90);
+    for j in coord.jobs("held") {
         assert_eq!(
             (j["state"].as_str(), j["attempt"].as_u64()),
             (Some("succeeded"), Some(1)),
@@ -131,12 +120,12 @@ fn full_disks_hold_work_back_at_no_cost_and_work_resumes_when_space_returns() {
     //    once the report is acknowledged, and the next attempt succeeds.
     let filler = r#"["sh", "-c", "if [ \"$SWEEPFOLD_ATTEMPT\" = 1 ]; then head -c 200000000 /dev/zero > \"$SWEEPFOLD_OUTPUT_DIR/filler\"; exit 1; fi; exec python3 examples/train_example.py --model prior --epochs 1"]"#;
     coord.cli_ok(&["submit", &sweep_file(dir.path(), "filler", filler)]);
-    wait_finished(&coord, "filler");
-    for j in jobs(&coord, "filler") {
+    coord.wait_finished("filler", 90);
+    for j in coord.jobs("filler") {
         assert_eq!(j["state"], "succeeded", "{j}");
         assert_eq!(j["failures"], 0, "a retry was charged: {j}");
     }
-    let detail = coord.cli_json(&["job", &jobs(&coord, "filler")[0]["id"].to_string()]);
+    let detail = coord.cli_json(&["job", &coord.jobs("filler")[0]["id"].to_string()]);
     assert!(detail.to_string().contains("disk was full"), "{detail}");
     assert!(
         agent_disk.free() > 16 * MIB,
@@ -159,10 +148,10 @@ fn full_disks_hold_work_back_at_no_cost_and_work_resumes_when_space_returns() {
     assert!(waiting.starts_with("coordinator disk full"), "{waiting}");
     assert!(coord.cli_ok(&["agents"]).contains("coordinator disk full"));
     std::thread::sleep(Duration::from_secs(2));
-    assert!(jobs(&coord, "later").iter().all(|j| j["attempt"] == 0));
+    assert!(coord.jobs("later").iter().all(|j| j["attempt"] == 0));
     std::fs::remove_file(&ballast).unwrap();
-    wait_finished(&coord, "later");
-    for j in jobs(&coord, "later") {
+    coord.wait_finished("later", 90);
+    for j in coord.jobs("later") {
         assert_eq!(
             (j["state"].as_str(), j["attempt"].as_u64()),
             (Some("succeeded"), Some(1)),

@@ -45,10 +45,6 @@ retries: 0
     path.display().to_string()
 }
 
-fn jobs(coord: &Coordinator, sweep: &str) -> Vec<Value> {
-    coord.cli_json(&["jobs", sweep]).as_array().unwrap().clone()
-}
-
 fn history(coord: &Coordinator, job: &Value) -> Vec<Value> {
     coord.cli_json(&["job", &job["id"].to_string()])["history"]
         .as_array()
@@ -56,17 +52,10 @@ fn history(coord: &Coordinator, job: &Value) -> Vec<Value> {
         .clone()
 }
 
-fn wait_finished(coord: &Coordinator, name: &str, secs: u64) {
-    wait_for(
-        &format!("sweep {name} to finish"),
-        Duration::from_secs(secs),
-        || (coord.cli_json(&["sweep", name])["sweep"]["state"] == "finished").then_some(()),
-    );
-}
-
 /// Every job succeeded, exactly once.
 fn assert_each_succeeded_once(coord: &Coordinator, name: &str) -> Vec<(Value, Vec<Value>)> {
-    jobs(coord, name)
+    coord
+        .jobs(name)
         .into_iter()
         .map(|j| {
             assert_eq!(j["state"], "succeeded", "{j}");
@@ -81,14 +70,6 @@ fn assert_each_succeeded_once(coord: &Coordinator, name: &str) -> Vec<(Value, Ve
         .collect()
 }
 
-fn running_on(coord: &Coordinator, name: &str, agent: &str, n: usize) -> bool {
-    jobs(coord, name)
-        .iter()
-        .filter(|j| j["state"] == "running" && j["agent"] == agent)
-        .count()
-        == n
-}
-
 #[test]
 fn killed_agent_jobs_are_requeued_within_a_lease_and_finish_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
@@ -97,13 +78,13 @@ fn killed_agent_jobs_are_requeued_within_a_lease_and_finish_elsewhere() {
     let mut a = cpu_agent(&coord.url(), "a", dir.path());
     coord.cli_ok(&["submit", &sweep(dir.path(), "kill", 2, &marker, "")]);
     wait_for("both jobs to run on a", Duration::from_secs(30), || {
-        running_on(&coord, "kill", "a", 2).then_some(())
+        coord.running_on("kill", "a", 2).then_some(())
     });
     let _b = cpu_agent(&coord.url(), "b", dir.path());
     let killed_at = now_ms();
     a.kill9();
     wait_for("the jobs to move to b", Duration::from_secs(20), || {
-        running_on(&coord, "kill", "b", 2).then_some(())
+        coord.running_on("kill", "b", 2).then_some(())
     });
     // The restarted agent stops the processes its dead self left behind.
     let orphans = pids_with(&format!("--sleep {marker}")).len();
@@ -120,7 +101,7 @@ fn killed_agent_jobs_are_requeued_within_a_lease_and_finish_elsewhere() {
     wait_for("a's orphans to be killed", Duration::from_secs(10), || {
         (pids_with(&format!("--sleep {marker}")).len() == 2).then_some(())
     });
-    wait_finished(&coord, "kill", 60);
+    coord.wait_finished("kill", 60);
     for (j, h) in assert_each_succeeded_once(&coord, "kill") {
         assert_eq!(j["agent"], "b");
         assert_eq!(j["attempt"], 2, "the next attempt number");
@@ -153,12 +134,13 @@ fn frozen_agent_stale_attempt_is_fenced_off() {
     // processes whose outputs it will try to upload.
     coord.cli_ok(&["submit", &sweep(dir.path(), "freeze", 2, "4", "")]);
     wait_for("both jobs to run on a", Duration::from_secs(30), || {
-        running_on(&coord, "freeze", "a", 2).then_some(())
+        coord.running_on("freeze", "a", 2).then_some(())
     });
     let _b = cpu_agent(&coord.url(), "b", dir.path());
     a.signal("STOP");
     wait_for("the jobs to move to b", Duration::from_secs(20), || {
-        (jobs(&coord, "freeze")
+        (coord
+            .jobs("freeze")
             .iter()
             .all(|j| j["agent"] == "b" && j["attempt"] == 2))
         .then_some(())
@@ -166,7 +148,7 @@ fn frozen_agent_stale_attempt_is_fenced_off() {
     // Thaw a after its own processes have finished.
     std::thread::sleep(Duration::from_secs(3));
     a.signal("CONT");
-    wait_finished(&coord, "freeze", 60);
+    coord.wait_finished("freeze", 60);
     wait_for(
         "a to reconnect and be told its attempts are stale",
         Duration::from_secs(30),
@@ -214,7 +196,7 @@ fn killed_coordinator_restarts_and_the_sweep_completes_exactly_once() {
         "some jobs to finish and others to run",
         Duration::from_secs(60),
         || {
-            let j = jobs(&coord, "crash");
+            let j = coord.jobs("crash");
             let done = j.iter().filter(|j| j["state"] == "succeeded").count();
             let running = j.iter().filter(|j| j["state"] == "running").count();
             (done >= 1 && running >= 1).then_some(())
@@ -224,7 +206,7 @@ fn killed_coordinator_restarts_and_the_sweep_completes_exactly_once() {
     // Jobs keep running and finishing while the coordinator is down.
     std::thread::sleep(Duration::from_secs(3));
     let coord = Coordinator::start(&data, &addr);
-    wait_finished(&coord, "crash", 90);
+    coord.wait_finished("crash", 90);
     for (j, h) in assert_each_succeeded_once(&coord, "crash") {
         // Exactly one attempt ran. (An assignment committed just before the
         // crash but never delivered is requeued when the agent's hello does
@@ -262,19 +244,20 @@ fn network_cut_longer_than_the_lease_is_survived() {
     let a = cpu_agent(&proxy.url(), "a", dir.path());
     coord.cli_ok(&["submit", &sweep(dir.path(), "cut", 2, "6", "")]);
     wait_for("both jobs to run on a", Duration::from_secs(30), || {
-        running_on(&coord, "cut", "a", 2).then_some(())
+        coord.running_on("cut", "a", 2).then_some(())
     });
     let _b = cpu_agent(&coord.url(), "b", dir.path());
     proxy.cut();
     wait_for("the jobs to move to b", Duration::from_secs(20), || {
-        (jobs(&coord, "cut")
+        (coord
+            .jobs("cut")
             .iter()
             .all(|j| j["agent"] == "b" && j["attempt"] == 2))
         .then_some(())
     });
     std::thread::sleep(Duration::from_secs(4));
     proxy.heal();
-    wait_finished(&coord, "cut", 60);
+    coord.wait_finished("cut", 60);
     for (j, _) in assert_each_succeeded_once(&coord, "cut") {
         assert_eq!(
             (j["agent"].as_str(), j["attempt"].as_u64()),
@@ -330,8 +313,8 @@ retries: 1
     )
     .unwrap();
     coord.cli_ok(&["submit", path.to_str().unwrap()]);
-    wait_finished(&coord, "crash", 60);
-    for j in jobs(&coord, "crash") {
+    coord.wait_finished("crash", 60);
+    for j in coord.jobs("crash") {
         assert_eq!(j["state"], "failed", "{j}");
         // First failure at start: free; then the one retry; then failed.
         assert_eq!(
@@ -388,8 +371,8 @@ fn an_agent_whose_jobs_fail_at_start_is_benched_not_the_queue() {
             .map(str::to_string)
     });
     let _a = cpu_agent(&coord.url(), "a", dir.path());
-    wait_finished(&coord, "bench", 60);
-    for j in jobs(&coord, "bench") {
+    coord.wait_finished("bench", 60);
+    for j in coord.jobs("bench") {
         assert_eq!(j["state"], "succeeded", "{j}");
         assert_eq!(j["agent"], "a");
         assert_eq!(
@@ -439,8 +422,8 @@ fn a_full_disk_fails_clearly_and_damages_nothing() {
     let coord = Coordinator::start(&data, "127.0.0.1:0");
     let a = cpu_agent(&coord.url(), "a", dir.path());
     coord.cli_ok(&["submit", &sweep(dir.path(), "first", 2, "0", "")]);
-    wait_finished(&coord, "first", 60);
-    let before = jobs(&coord, "first");
+    coord.wait_finished("first", 60);
+    let before = coord.jobs("first");
 
     // Fill the disk.
     let filler = data.join("filler");
@@ -475,10 +458,10 @@ fn a_full_disk_fails_clearly_and_damages_nothing() {
         || a.log.contains("data dir is full").then_some(()),
     );
     std::fs::remove_file(&filler).unwrap();
-    wait_finished(&coord, "third", 60);
+    coord.wait_finished("third", 60);
     assert_each_succeeded_once(&coord, "third");
     // What was stored before is intact.
-    assert_eq!(jobs(&coord, "first"), before);
+    assert_eq!(coord.jobs("first"), before);
     let check = std::process::Command::new("sqlite3")
         .arg(data.join("sweepfold.db"))
         .arg("PRAGMA integrity_check;")

@@ -205,6 +205,29 @@ impl Coordinator {
         let out = self.cli_ok(&args);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{out}"))
     }
+
+    /// The jobs of a sweep, as `coordinator jobs SWEEP --json` lists them.
+    pub fn jobs(&self, sweep: &str) -> Vec<serde_json::Value> {
+        self.cli_json(&["jobs", sweep]).as_array().unwrap().clone()
+    }
+
+    /// Waits until the sweep has finished.
+    pub fn wait_finished(&self, sweep: &str, secs: u64) {
+        wait_for(
+            &format!("sweep {sweep} to finish"),
+            Duration::from_secs(secs),
+            || (self.cli_json(&["sweep", sweep])["sweep"]["state"] == "finished").then_some(()),
+        );
+    }
+
+    /// Whether exactly `n` jobs of the sweep are running on `agent`.
+    pub fn running_on(&self, sweep: &str, agent: &str, n: usize) -> bool {
+        self.jobs(sweep)
+            .iter()
+            .filter(|j| j["state"] == "running" && j["agent"] == agent)
+            .count()
+            == n
+    }
 }
 
 impl Drop for Coordinator {

@@ -48,33 +48,13 @@ retries: 0
     path.display().to_string()
 }
 
-fn jobs(coord: &Coordinator, sweep: &str) -> Vec<Value> {
-    coord.cli_json(&["jobs", sweep]).as_array().unwrap().clone()
-}
-
-fn wait_finished(coord: &Coordinator, name: &str, secs: u64) {
-    wait_for(
-        &format!("sweep {name} to finish"),
-        Duration::from_secs(secs),
-        || (coord.cli_json(&["sweep", name])["sweep"]["state"] == "finished").then_some(()),
-    );
-}
-
 /// Every job of the sweep succeeded on its first attempt: nothing was
 /// restarted.
 fn assert_each_succeeded_first_time(coord: &Coordinator, name: &str) {
-    for j in jobs(coord, name) {
+    for j in coord.jobs(name) {
         assert_eq!(j["state"], "succeeded", "{j}");
         assert_eq!(j["attempt"], 1, "restarted: {j}");
     }
-}
-
-fn running_on(coord: &Coordinator, name: &str, agent: &str, n: usize) -> bool {
-    jobs(coord, name)
-        .iter()
-        .filter(|j| j["state"] == "running" && j["agent"] == agent)
-        .count()
-        == n
 }
 
 /// Every file under `dir` with its size and modification time.
@@ -101,7 +81,7 @@ fn a_second_agent_under_a_connected_name_is_refused_and_steals_nothing() {
     let first = cpu_agent(&coord.url(), "a", &dir.path().join("a"));
     coord.cli_ok(&["submit", &sleepy_sweep(dir.path(), "dup", 2, "3")]);
     wait_for("both jobs to run on a", Duration::from_secs(30), || {
-        running_on(&coord, "dup", "a", 2).then_some(())
+        coord.running_on("dup", "a", 2).then_some(())
     });
 
     // Someone starts a second agent with the same name on another box.
@@ -124,7 +104,7 @@ fn a_second_agent_under_a_connected_name_is_refused_and_steals_nothing() {
     assert!(!second.log.contains("registered with the coordinator"));
 
     // The first agent kept its session and its jobs.
-    wait_finished(&coord, "dup", 60);
+    coord.wait_finished("dup", 60);
     assert_each_succeeded_first_time(&coord, "dup");
     assert!(
         !first.log.contains("session was replaced"),
@@ -197,14 +177,14 @@ fn a_frozen_coordinator_gives_every_agent_a_fresh_lease_instead_of_requeueing() 
     let _a = cpu_agent(&coord.url(), "a", &dir.path().join("a"));
     coord.cli_ok(&["submit", &sleepy_sweep(dir.path(), "frozen", 2, "5")]);
     wait_for("both jobs to run", Duration::from_secs(30), || {
-        running_on(&coord, "frozen", "a", 2).then_some(())
+        coord.running_on("frozen", "a", 2).then_some(())
     });
     // A frozen VM or a stuck disk: the coordinator stops for more than
     // two leases (3 s each) while the agent and its jobs carry on.
     coord.signal("STOP");
     std::thread::sleep(Duration::from_secs(7));
     coord.signal("CONT");
-    wait_finished(&coord, "frozen", 90);
+    coord.wait_finished("frozen", 90);
     assert_each_succeeded_first_time(&coord, "frozen");
     assert!(
         coord.log.contains("every agent gets a fresh lease"),
@@ -262,8 +242,8 @@ retries: 0
     )
     .unwrap();
     coord.cli_ok(&["submit", sweep.to_str().unwrap()]);
-    wait_finished(&coord, "hostile", 120);
-    for j in jobs(&coord, "hostile") {
+    coord.wait_finished("hostile", 120);
+    for j in coord.jobs("hostile") {
         let detail = coord.cli_json(&["job", &j["id"].to_string()]);
         let tail = detail["log_tail"].as_str().unwrap_or_default();
         if j["params"]["mode"] == "ok" {
@@ -417,7 +397,7 @@ fn an_agent_killed_while_uploading_a_finished_fold_reports_it_after_restart_not_
     a.kill9();
     coord.signal("CONT");
     let a = cpu_agent(&coord.url(), "a", &work);
-    wait_finished(&coord, "unreported", 60);
+    coord.wait_finished("unreported", 60);
     assert_each_succeeded_first_time(&coord, "unreported");
     assert!(
         a.log.contains("was never reported; uploading its outputs"),
@@ -435,12 +415,12 @@ fn stopping_and_restarting_an_agent_costs_its_jobs_no_retry_and_the_agent_no_hea
     let mut a = cpu_agent(&coord.url(), "a", &work);
     coord.cli_ok(&["submit", &sleepy_sweep(dir.path(), "upgrade", 2, "4")]);
     wait_for("both jobs to run on a", Duration::from_secs(30), || {
-        running_on(&coord, "upgrade", "a", 2).then_some(())
+        coord.running_on("upgrade", "a", 2).then_some(())
     });
     // `systemctl restart sweepfold-agent`: SIGTERM, then a new process.
     a.signal("TERM");
     assert!(a.wait(Duration::from_secs(30)).success(), "{}", a.log.all());
-    let requeued = jobs(&coord, "upgrade");
+    let requeued = coord.jobs("upgrade");
     for j in &requeued {
         assert_eq!(
             j["state"], "queued",
@@ -452,8 +432,8 @@ fn stopping_and_restarting_an_agent_costs_its_jobs_no_retry_and_the_agent_no_hea
         );
     }
     let _a = cpu_agent(&coord.url(), "a", &work);
-    wait_finished(&coord, "upgrade", 90);
-    for j in jobs(&coord, "upgrade") {
+    coord.wait_finished("upgrade", 90);
+    for j in coord.jobs("upgrade") {
         assert_eq!(j["state"], "succeeded", "{j}");
         assert_eq!(j["failures"], 0, "no retry charged: {j}");
     }
@@ -631,7 +611,7 @@ fn a_sweep_no_connected_agent_can_serve_says_why_it_waits() {
     );
     // A sweep of a dataset the agent has waits for nothing.
     coord.cli_ok(&["submit", &sleepy_sweep(dir.path(), "fine", 2, "0")]);
-    wait_finished(&coord, "fine", 60);
+    coord.wait_finished("fine", 60);
     assert_eq!(
         coord.cli_json(&["sweep", "fine"])["sweep"].get("waiting"),
         None
@@ -657,7 +637,7 @@ fn a_dataset_changed_on_purpose_is_re_registered_with_one_command() {
     let work = dir.path().join("a");
     let mut a = Agent::start(&coord.url(), "a", &work, &args);
     coord.cli_ok(&["submit", &sleepy_sweep(dir.path(), "before", 2, "0")]);
-    wait_finished(&coord, "before", 60);
+    coord.wait_finished("before", 60);
 
     // Someone fixes a label in train.csv (on every box: here, the one).
     a.kill9();
@@ -698,7 +678,7 @@ fn a_dataset_changed_on_purpose_is_re_registered_with_one_command() {
     let out = coord.cli_ok(&["dataset", "reregister", "mnist-sketch"]);
     assert!(out.contains("dataset mnist-sketch re-registered"), "{out}");
     assert!(out.contains("(the copy of a)"), "{out}");
-    wait_finished(&coord, "after", 60);
+    coord.wait_finished("after", 60);
     assert_each_succeeded_first_time(&coord, "after");
     let agents = coord.cli_json(&["agents"]);
     assert_eq!(

@@ -1,6 +1,6 @@
 //! Chaos: a 30-job sweep runs on three agents while, on a seeded random
 //! schedule, agents and the coordinator are killed (SIGKILL) and restarted,
-//! the coordinator is frozen (SIGSTOP) for longer than a lease, and a
+//! the coordinator or an agent is frozen (SIGSTOP) for longer than a lease, a
 //! second agent claims the name of a connected one, and an agent's disk
 //! fills below its reserve for a while (each agent works on a small disk of
 //! its own when the test runs as root). Every job prints hostile output
@@ -136,14 +136,24 @@ retries: 2
     let mut freezes: Vec<(i64, i64)> = Vec::new();
     let mut duplicates_refused = 0;
     let mut disks_filled = 0;
+    let mut agent_freezes = 0;
     for _ in 0..EVENTS {
         std::thread::sleep(rng.ms(2_000, 5_000));
         let finished = coord.cli_json(&["sweep", "chaos"])["sweep"]["state"] == "finished";
         if finished {
             break;
         }
-        let fault = rng.below(7);
-        if fault == 6 {
+        let fault = rng.below(8);
+        if fault == 7 {
+            // A box that stalls (swapping, a hung NFS mount) longer than
+            // the lease: its jobs go elsewhere, and what it sends when it
+            // wakes is fenced off as stale.
+            let i = rng.below(AGENTS.len());
+            agents[i].signal("STOP");
+            std::thread::sleep(rng.ms(3_500, 6_000));
+            agents[i].signal("CONT");
+            agent_freezes += 1;
+        } else if fault == 6 {
             if disks.is_empty() {
                 continue;
             }
@@ -336,7 +346,7 @@ retries: 2
     };
     eprintln!(
         "chaos (seed {seed}): {} agent kills, {coordinator_kills} coordinator kills, {} coordinator freezes longer than the lease \
-         (0 jobs requeued by them), {duplicates_refused} duplicate agents refused, {disks_filled} agent disks filled, survived in {chaos_secs:.0} s of chaos; \
+         (0 jobs requeued by them), {duplicates_refused} duplicate agents refused, {disks_filled} agent disks filled, {agent_freezes} agent freezes longer than the lease, survived in {chaos_secs:.0} s of chaos; \
          sweep finished after {total_secs:.0} s; {requeues} requeues, {retries_used} retries used, {:.1} s of job time thrown away; \
          30/30 jobs succeeded exactly once (0 results lost), {} outputs verified; \
          dead agent's jobs requeued (agent down > lease): {}; (agent back within the lease): {}",
@@ -348,7 +358,11 @@ retries: 2
         summary(false),
     );
     assert!(
-        !agent_kills.is_empty() || coordinator_kills > 0 || !freezes.is_empty() || disks_filled > 0,
+        !agent_kills.is_empty()
+            || coordinator_kills > 0
+            || !freezes.is_empty()
+            || disks_filled > 0
+            || agent_freezes > 0,
         "the schedule did nothing"
     );
     // A dead agent's jobs are requeued within the lease plus a heartbeat

@@ -294,17 +294,7 @@ impl CoordinatorHandle {
     ) -> Result<(SweepRecord, u32)> {
         let (sweep, changes) = self
             .with_core(move |core| {
-                let id = core.store.resolve_sweep(&reference)?;
-                let owner = core
-                    .store
-                    .get_sweep(id)?
-                    .ok_or_else(|| Error::SweepNotFound(reference.clone()))?
-                    .owner;
-                if !who.admin && owner != who.name {
-                    return Err(Error::PermissionDenied(format!(
-                        "sweep {id} belongs to `{owner}`; only `{owner}` or an admin may cancel it"
-                    )));
-                }
+                let id = owned_sweep(core, &reference, &who, "cancel")?.id;
                 let by = if who.is_anonymous() {
                     "a user".to_string()
                 } else {
@@ -347,6 +337,23 @@ impl CoordinatorHandle {
     }
 }
 
+/// The sweep `reference` names, if `who` (its owner or an admin) may
+/// `verb` it.
+fn owned_sweep(core: &Core, reference: &str, who: &Identity, verb: &str) -> Result<SweepRecord> {
+    let id = core.store.resolve_sweep(reference)?;
+    let sweep = core
+        .store
+        .get_sweep(id)?
+        .ok_or_else(|| Error::SweepNotFound(reference.to_string()))?;
+    if !who.admin && sweep.owner != who.name {
+        return Err(Error::PermissionDenied(format!(
+            "sweep {id} belongs to `{owner}`; only `{owner}` or an admin may {verb} it",
+            owner = sweep.owner
+        )));
+    }
+    Ok(sweep)
+}
+
 /// What `delete_sweep` removed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deletion {
@@ -365,17 +372,8 @@ impl CoordinatorHandle {
     pub async fn delete_sweep(&self, reference: String, who: Identity) -> Result<Deletion> {
         let (sweep, deleted) = self
             .with_core(move |core| {
-                let id = core.store.resolve_sweep(&reference)?;
-                let sweep = core
-                    .store
-                    .get_sweep(id)?
-                    .ok_or_else(|| Error::SweepNotFound(reference.clone()))?;
-                if !who.admin && sweep.owner != who.name {
-                    return Err(Error::PermissionDenied(format!(
-                        "sweep {id} belongs to `{}`; only `{}` or an admin may delete it",
-                        sweep.owner, sweep.owner
-                    )));
-                }
+                let sweep = owned_sweep(core, &reference, &who, "delete")?;
+                let id = sweep.id;
                 let open = sweep.counts.queued + sweep.counts.assigned + sweep.counts.running;
                 if open > 0 {
                     return Err(Error::FailedPrecondition(format!(

@@ -2,7 +2,7 @@
 //! process exited 0, but the agent died (SIGKILL, a crash, the box lost
 //! power) before the report was on disk, say while the outputs were being
 //! uploaded. `supervise.rs` marks such an attempt's directory with
-//! [`EXITED_OK`] as soon as the process exits 0; the marker goes once the
+//! `EXITED_OK` (see `retention.rs`, which owns the job directory's layout) as soon as the process exits 0; the marker goes once the
 //! report is saved. At start-up every marked attempt without a saved report
 //! is uploaded and reported again from its directory, and until then the
 //! heartbeats list it as running, so the coordinator neither takes it for
@@ -21,12 +21,9 @@ use sweepfold_common::{Attempt, JobId};
 use sweepfold_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
-use super::retention::{JOBS_DIR, job_dir, parse_job_dir};
+use super::retention::{EXITED_OK, JOBS_DIR, job_dir, parse_job_dir};
 use super::uploads::OutputsPlan;
 use super::{JobManager, Running};
-
-/// In a job directory: the process exited 0 and its report is not saved yet.
-pub(super) const EXITED_OK: &str = "exited-ok";
 
 /// Removes the marker of an attempt whose report is now saved.
 pub(super) fn reported(work_dir: &Path, job: JobId, attempt: Attempt) {

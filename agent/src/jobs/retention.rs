@@ -16,6 +16,10 @@ use sweepfold_proto::v1 as pb;
 
 pub(super) const JOBS_DIR: &str = "jobs";
 
+/// In a job directory: the process exited 0 and its report is not saved
+/// yet (`recover.rs` reports such attempts after a restart).
+pub(super) const EXITED_OK: &str = "exited-ok";
+
 pub(super) fn job_dir(work_dir: &Path, job: JobId, attempt: Attempt) -> PathBuf {
     work_dir
         .join(JOBS_DIR)
@@ -62,7 +66,7 @@ pub(super) fn prune_finished(work_dir: &Path, keep: usize, busy: &HashSet<(JobId
         .filter_map(|e| {
             let attempt = parse_job_dir(e.file_name().to_str()?)?;
             // Busy, or a result still to recover (see `recover.rs`).
-            if busy.contains(&attempt) || e.path().join(super::recover::EXITED_OK).exists() {
+            if busy.contains(&attempt) || e.path().join(EXITED_OK).exists() {
                 return None;
             }
             let modified = e.metadata().ok()?.modified().ok()?;

@@ -332,7 +332,7 @@ impl JobManager {
         }
         // Until its report is on disk, this marker lets a restarted agent
         // upload and report the result instead of losing the fold.
-        let _ = std::fs::write(prepared.job_dir.join(super::recover::EXITED_OK), b"");
+        let _ = std::fs::write(prepared.job_dir.join(super::retention::EXITED_OK), b"");
         match self.upload_outputs(&prepared.outputs_plan(a), cancel).await {
             Ok(outputs) => pb::JobFinished {
                 outcome: pb::job_finished::Outcome::Succeeded as i32,

@@ -211,9 +211,10 @@ for i in range(100000):
 out.flush(); err.flush()
 if sys.argv[1] == "fail":
     print('{"event": "epoch", "epoch": 1, "val_accuracy": 0.1}', flush=True)
-    # The flood above is read before this, the job's enormous last line.
+    # The job's enormous last line, on the flood's stream: a pipe keeps its
+    # order, so it is the tail's last line however far the reader lags.
     time.sleep(1)
-    out.write(b"y" * (8 << 20)); out.flush()
+    err.write(b"y" * (8 << 20)); err.flush()
     sys.exit(3)
 os.execvp("python3", ["python3", "examples/train_example.py", "--model", "prior", "--epochs", "1"])
 "#;

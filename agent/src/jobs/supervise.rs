@@ -45,6 +45,10 @@ async fn write_log(log: &mut tokio::fs::File, written: &mut u64, max: u64, line:
     *written += n;
 }
 
+/// After a job's process exits, how long the output it left in the pipes
+/// may take to read.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
+
 impl JobManager {
     /// The job was not run: its spec needs a newer agent. Not a failure of
     /// the job or of this agent.
@@ -269,10 +273,12 @@ impl JobManager {
                 }
             }
         };
-        // Drain what is left of the output.
-        while let Ok(Some((_, line))) =
-            tokio::time::timeout(Duration::from_millis(200), lines.recv()).await
-        {
+        // Drain what is left of the output, to the end of both pipes: they
+        // close at the child's exit unless something it started still holds
+        // them, so the wait is bounded as a whole (not per line, which a
+        // loaded machine could outlast in the middle of a long last line).
+        let drain_until = tokio::time::Instant::now() + DRAIN_AFTER_EXIT;
+        while let Ok(Some((_, line))) = tokio::time::timeout_at(drain_until, lines.recv()).await {
             write_log(&mut log, &mut log_bytes, self.cfg.max_log_bytes, &line).await;
             tail.push(&line);
         }

@@ -132,6 +132,15 @@ impl JobManager {
         self.outbox.notify_one();
     }
 
+    /// Reports the end of an attempt (kept on disk until acknowledged).
+    fn report_finished(&self, job: JobId, attempt: Attempt, finished: pb::JobFinished) {
+        self.report(pb::JobUpdate {
+            job_id: job.0,
+            attempt: attempt.0,
+            update: Some(pb::job_update::Update::Finished(finished)),
+        });
+    }
+
     /// The next update to send (waits for one).
     pub async fn next_update(&self) -> pb::JobUpdate {
         loop {
@@ -267,30 +276,30 @@ impl JobManager {
                 attempt = attempt.0,
                 "not starting a job: the agent is stopping"
             );
-            self.report(pb::JobUpdate {
-                job_id: job.0,
-                attempt: attempt.0,
-                update: Some(pb::job_update::Update::Finished(pb::JobFinished {
+            self.report_finished(
+                job,
+                attempt,
+                pb::JobFinished {
                     outcome: pb::job_finished::Outcome::Cancelled as i32,
                     error: "the agent is stopping".into(),
                     agent_stopping: true,
                     ..Default::default()
-                })),
-            });
+                },
+            );
             return;
         }
         if let Some(why) = self.disk_full() {
             tracing::warn!(job = job.0, attempt = attempt.0, %why, "not starting a job: the disk is full");
-            self.report(pb::JobUpdate {
-                job_id: job.0,
-                attempt: attempt.0,
-                update: Some(pb::job_update::Update::Finished(pb::JobFinished {
+            self.report_finished(
+                job,
+                attempt,
+                pb::JobFinished {
                     outcome: pb::job_finished::Outcome::Cancelled as i32,
                     error: why,
                     disk_full: true,
                     ..Default::default()
-                })),
-            });
+                },
+            );
             return;
         }
         let cancel = CancellationToken::new();
@@ -336,11 +345,7 @@ impl JobManager {
                 .map(|o| o.as_str_name())
                 .unwrap_or("?");
             tracing::info!(job = job.0, attempt = attempt.0, outcome, error = %finished.error, "job ended");
-            this.report(pb::JobUpdate {
-                job_id: job.0,
-                attempt: attempt.0,
-                update: Some(pb::job_update::Update::Finished(finished)),
-            });
+            this.report_finished(job, attempt, finished);
             recover::reported(&this.cfg.work_dir, job, attempt);
         });
     }

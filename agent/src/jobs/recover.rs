@@ -96,11 +96,7 @@ impl JobManager {
                         ..Default::default()
                     },
                 };
-                this.report(pb::JobUpdate {
-                    job_id: job.0,
-                    attempt: attempt.0,
-                    update: Some(pb::job_update::Update::Finished(finished)),
-                });
+                this.report_finished(job, attempt, finished);
                 reported(&this.cfg.work_dir, job, attempt);
             });
         }

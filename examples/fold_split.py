@@ -9,6 +9,12 @@ where the previous one stopped.
 
     python3 examples/fold_split.py path/to/train.csv FOLDS SEED
 prints the fold of every row of train.csv, one per line.
+
+    python3 examples/fold_split.py path/to/train.csv FOLDS SEED --split sklearn
+prints the folds of `kfold: {split: sklearn}` instead: scikit-learn's own
+StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=SEED) on the
+target column (needs numpy and scikit-learn 0.22 or later; sweepfold
+reproduces it bit for bit, see common/src/folds/sklearn.rs).
 """
 import csv
 import sys
@@ -85,9 +91,34 @@ def stratified_folds(targets, k, seed):
     return folds
 
 
+def sklearn_folds(targets, k, seed):
+    """The fold of every row under scikit-learn's StratifiedKFold."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = [0] * len(targets)
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for fold, (_, val) in enumerate(skf.split(np.zeros(len(targets)), targets)):
+        for row in val:
+            folds[row] = fold
+    return folds
+
+
 if __name__ == "__main__":
-    path, k, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    args = sys.argv[1:]
+    split = "sweepfold"
+    if "--split" in args:
+        i = args.index("--split")
+        split = args[i + 1]
+        del args[i : i + 2]
+    path, k, seed = args[0], int(args[1]), int(args[2])
     with open(path, newline="") as f:
         targets = [int(r["target"]) for r in csv.DictReader(f)]
-    for fold in stratified_folds(targets, k, seed):
+    if split == "sklearn":
+        folds = sklearn_folds(targets, k, seed)
+    elif split == "sweepfold":
+        folds = stratified_folds(targets, k, seed)
+    else:
+        sys.exit(f"unknown --split {split!r}: sweepfold or sklearn")
+    for fold in folds:
         print(fold)

@@ -351,6 +351,38 @@ fn python_reference_split_matches_rust_on_real_data() {
     assert_eq!(python, rust);
 }
 
+/// `examples/fold_split.py --split sklearn` (scikit-learn itself) and the
+/// agents' `kfold.split: sklearn` agree on the real data set.
+#[test]
+fn sklearn_split_matches_scikit_learn_on_real_data() {
+    let train_csv = mnist_sketch().join("train.csv");
+    let out = std::process::Command::new("python3")
+        .arg(sweepfold_tests::repo_root().join("examples/fold_split.py"))
+        .arg(&train_csv)
+        .args(["5", "42", "--split", "sklearn"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let python: Vec<u32> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let index = sweepfold_common::dataset::DatasetIndex::load(&mnist_sketch()).unwrap();
+    let split = sweepfold_common::folds::Split::Sklearn;
+    let rust = sweepfold_common::folds::folds_of(split, &index.targets(), 5, 42).unwrap();
+    assert_eq!(python, rust);
+    // And it is not sweepfold's own split.
+    assert_ne!(
+        rust,
+        sweepfold_common::folds::stratified_folds(&index.targets(), 5, 42).unwrap()
+    );
+}
+
 #[test]
 fn dataset_hash_mismatch_is_loud_and_avoided() {
     let dir = tempfile::tempdir().unwrap();

@@ -103,6 +103,7 @@ fn assignment(required_fields: Vec<String>) -> pb::AssignJob {
         memory_estimate_bytes: 0,
         spec_version: sweepfold_common::contract::SPEC_VERSION + 1,
         required_fields,
+        fold_split: String::new(),
     }
 }
 
@@ -211,5 +212,35 @@ async fn an_unacknowledged_finished_report_survives_an_agent_restart() {
         restarted.log.contains("awaits acknowledgement"),
         "{}",
         restarted.log.all()
+    );
+}
+
+/// A fold split from a later release is refused, never replaced by this
+/// agent's own split (which would validate on the wrong rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_fold_split_is_refused() {
+    let mut job = assignment(Vec::new());
+    job.fold_split = "group-kfold".into();
+    let (url, mut updates) = fake_coordinator(job).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::spawn(
+        &url,
+        "gpu1",
+        dir.path(),
+        &["--cpu", "--dataset", &mnist_sketch_dataset()],
+    );
+    let finished = match next_update(&mut updates).await {
+        pb::job_update::Update::Finished(f) => f,
+        other => panic!(
+            "the job should be refused, got {other:?}\n{}",
+            agent.log.all()
+        ),
+    };
+    assert!(finished.refused && !finished.start_failure, "{finished:?}");
+    assert!(
+        finished.error.contains("fold split `group-kfold`")
+            && finished.error.contains("upgrade the agent"),
+        "{}",
+        finished.error
     );
 }

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sweepfold_common::dataset::DatasetIndex;
-use sweepfold_common::folds::{SplitError, stratified_folds};
+use sweepfold_common::folds::{Split, SplitError, folds_of};
 use sweepfold_proto::v1 as pb;
 
 use crate::error::{Error, Result};
 
-/// (dataset, folds, seed) of a fold split.
-type SplitKey = (String, u32, u64);
+/// (dataset, algorithm, folds, seed) of a fold split.
+type SplitKey = (String, Split, u32, u64);
 
 pub struct Datasets {
     by_name: BTreeMap<String, Arc<DatasetIndex>>,
@@ -70,15 +70,15 @@ impl Datasets {
     }
 
     /// The fold of every train row for this split (computed once).
-    pub fn split(&self, name: &str, folds: u32, seed: u64) -> Result<Arc<Vec<u32>>> {
-        let key = (name.to_string(), folds, seed);
+    pub fn split(&self, name: &str, split: Split, folds: u32, seed: u64) -> Result<Arc<Vec<u32>>> {
+        let key = (name.to_string(), split, folds, seed);
         if let Some(s) = self.splits.lock().expect("split cache").get(&key) {
             return Ok(s.clone());
         }
         let index = self.get(name).ok_or_else(|| {
             Error::Job(format!("dataset `{name}` is not configured on this agent"))
         })?;
-        let split = stratified_folds(&index.targets(), folds, seed)
+        let split = folds_of(split, &index.targets(), folds, seed)
             .map_err(|e: SplitError| Error::Job(format!("dataset `{name}`: {e}")))?;
         let split = Arc::new(split);
         self.splits

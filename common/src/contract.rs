@@ -20,7 +20,18 @@ use crate::trainer_config::TrainerConfig;
 
 /// The version of the job spec this release writes and understands. It
 /// grows by one in each release that adds a spec field.
-pub const SPEC_VERSION: u32 = 1;
+pub const SPEC_VERSION: u32 = 2;
+
+/// The spec version an agent needs to run a job of a sweep with this fold
+/// split: version 2 added `AssignJob.fold_split` (scikit-learn's split),
+/// which an older agent would ignore and split its own way. The scheduler
+/// offers such jobs only to agents that announced at least this version.
+pub fn spec_version_for_split(split: crate::folds::Split) -> u32 {
+    match split {
+        crate::folds::Split::Sweepfold => 1,
+        crate::folds::Split::Sklearn => 2,
+    }
+}
 
 /// Spec fields (dotted paths inside the spec, e.g. `trainer.mixup`) that an
 /// agent must not ignore: running the job without them would compute
@@ -111,6 +122,10 @@ pub enum SpecRefusal {
     RequiredField { field: String },
     #[error("the job specification is not one this agent can read: {0}")]
     Unreadable(String),
+    #[error(
+        "the job's fold split `{0}` is not one this agent (spec version {SPEC_VERSION}) knows; upgrade the agent"
+    )]
+    UnknownSplit(String),
 }
 
 /// Reads a spec sent by a coordinator of this release or an adjacent one:

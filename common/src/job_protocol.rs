@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::contract::JobSpec;
+use crate::folds::Split;
 
 pub const JOB_FILE: &str = "job.json";
 pub const TRAIN_INDICES: &str = "train_indices.npy";
@@ -57,6 +58,9 @@ pub mod env {
     pub const DATA_DIR: &str = "SWEEPFOLD_DATA_DIR";
     pub const FOLD: &str = "SWEEPFOLD_FOLD";
     pub const FOLDS: &str = "SWEEPFOLD_FOLDS";
+    /// `sweepfold` or `sklearn`: the algorithm that split the rows (see
+    /// `JobFile::fold_split`).
+    pub const FOLD_SPLIT: &str = "SWEEPFOLD_FOLD_SPLIT";
     pub const TRAIN_INDICES: &str = "SWEEPFOLD_TRAIN_INDICES";
     pub const VAL_INDICES: &str = "SWEEPFOLD_VAL_INDICES";
     /// The configuration's parameters as a JSON object.
@@ -82,6 +86,11 @@ pub struct JobFile {
     pub fold: u32,
     pub folds: u32,
     pub fold_seed: u64,
+    /// Which algorithm made the split of `train_indices.npy` and
+    /// `val_indices.npy`: `sweepfold` or `sklearn` (scikit-learn's
+    /// `StratifiedKFold(n_splits=folds, shuffle=True, random_state=fold_seed)`).
+    #[serde(default)]
+    pub fold_split: Split,
     pub dataset: String,
     pub data_dir: PathBuf,
     pub job_dir: PathBuf,

@@ -174,6 +174,7 @@ fn simulate(jobs: &[Job], policy: Policy, max_jobs_per_gpu: u32, longest_first: 
                     idle: r.is_empty(),
                     datasets: BTreeSet::from(["sketch".to_string()]),
                     healthy: true,
+                    spec_version: 2,
                 }
             })
             .collect();
@@ -194,6 +195,7 @@ fn simulate(jobs: &[Job], policy: Policy, max_jobs_per_gpu: u32, longest_first: 
                     estimate: Some(j.memory),
                     avoid_agent: None,
                     refused_by: Vec::new(),
+                    needs_spec_version: 1,
                 })
                 .collect(),
             owner_usage: BTreeMap::new(),

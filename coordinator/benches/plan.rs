@@ -23,6 +23,7 @@ fn snapshot(pending: usize, gpus: usize, policy: Policy) -> Snapshot {
                 idle: true,
                 datasets: BTreeSet::from(["sketch".to_string()]),
                 healthy: true,
+                spec_version: 2,
             })
             .collect(),
         pending: (0..pending)
@@ -35,6 +36,7 @@ fn snapshot(pending: usize, gpus: usize, policy: Policy) -> Snapshot {
                 estimate: Some(Bytes::from_gib(4 + (i % 5) as u64 * 3)),
                 avoid_agent: None,
                 refused_by: Vec::new(),
+                needs_spec_version: 1,
             })
             .collect(),
         owner_usage: BTreeMap::new(),

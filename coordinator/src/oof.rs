@@ -65,6 +65,14 @@ pub fn parse_ref(r: &str) -> (String, Option<u32>) {
     }
 }
 
+/// "dataset `d`, sklearn split, 5 folds, seed 42": what members must share.
+fn split_label(s: &SweepRecord) -> String {
+    format!(
+        "dataset `{}`, {} split, {} folds, seed {}",
+        s.dataset, s.fold_split, s.folds, s.fold_seed
+    )
+}
+
 /// Resolves references and collects what the leaderboard or an ensemble
 /// of them needs. Sweeps must share dataset and fold split.
 pub fn plan(store: &Store, refs: &[String]) -> Result<ResultsPlan> {
@@ -87,17 +95,17 @@ pub fn plan(store: &Store, refs: &[String]) -> Result<ResultsPlan> {
     }
     let first = &sweeps[0];
     for s in &sweeps[1..] {
-        if s.dataset != first.dataset || s.folds != first.folds || s.fold_seed != first.fold_seed {
+        if s.dataset != first.dataset
+            || s.folds != first.folds
+            || s.fold_seed != first.fold_seed
+            || s.fold_split != first.fold_split
+        {
             return Err(Error::InvalidArgument(format!(
-                "members must share the dataset and the fold split: sweep {} uses dataset `{}` with {} folds (seed {}), sweep {} uses `{}` with {} folds (seed {})",
+                "members must share the dataset and the fold split: {} uses {}, {} uses {}",
                 first.name,
-                first.dataset,
-                first.folds,
-                first.fold_seed,
+                split_label(first),
                 s.name,
-                s.dataset,
-                s.folds,
-                s.fold_seed
+                split_label(s),
             )));
         }
     }

@@ -261,6 +261,7 @@ impl CoordinatorHandle {
                         version: hello.version.clone(),
                         cpu_only: hello.cpu_only,
                         cpu_slots: hello.cpu_slots.max(1),
+                        spec_version: hello.spec_version,
                         gpus: hello.gpus.clone(),
                         disk: hello.disk.clone(),
                         datasets: hello.datasets.clone(),

@@ -102,6 +102,15 @@ pub fn waiting_reason(core: &Core, s: &SweepRecord) -> Option<String> {
             full.join("; ")
         ));
     }
+    let needs = sweepfold_common::contract::spec_version_for_split(s.fold_split);
+    if with.iter().all(|(_, a)| a.spec_version < needs) {
+        return Some(format!(
+            "the `{}` fold split needs agents of spec version {needs} or later; every connected agent with dataset `{}` is older ({}): upgrade one",
+            s.fold_split,
+            s.dataset,
+            names(&with)
+        ));
+    }
     None
 }
 

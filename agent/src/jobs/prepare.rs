@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use sweepfold_common::contract::{JobSpec, Placeholder};
-use sweepfold_common::folds::fold_rows;
+use sweepfold_common::folds::{Split, fold_rows};
 use sweepfold_common::job_protocol::{self as proto, JobFile, env};
 use sweepfold_common::npy::NpyArray;
 use sweepfold_common::sweep::fill_placeholders;
@@ -46,7 +46,12 @@ impl Prepared {
 
 impl JobManager {
     /// Writes the job directory and works out the command line.
-    pub(super) fn prepare(&self, a: &pb::AssignJob, spec: JobSpec) -> Result<Prepared> {
+    pub(super) fn prepare(
+        &self,
+        a: &pb::AssignJob,
+        spec: JobSpec,
+        fold_split: Split,
+    ) -> Result<Prepared> {
         let dataset = self.datasets.get(&a.dataset).ok_or_else(|| {
             Error::Job(format!(
                 "dataset `{}` is not configured on agent `{}` (add it under [datasets])",
@@ -66,7 +71,9 @@ impl JobManager {
         }
         let output_dir = job_dir.join(proto::OUTPUT_DIR);
         std::fs::create_dir_all(&output_dir).map_err(|e| Error::io(&output_dir, e))?;
-        let split = self.datasets.split(&a.dataset, a.folds, a.fold_seed)?;
+        let split = self
+            .datasets
+            .split(&a.dataset, fold_split, a.folds, a.fold_seed)?;
         let (train, val) = fold_rows(&split, a.fold);
         let write = |name: &str, values: &[i64]| -> Result<()> {
             let path = job_dir.join(name);
@@ -97,6 +104,7 @@ impl JobManager {
             fold: a.fold,
             folds: a.folds,
             fold_seed: a.fold_seed,
+            fold_split,
             dataset: a.dataset.clone(),
             data_dir: data_dir.clone(),
             job_dir: job_dir.clone(),
@@ -165,6 +173,7 @@ impl JobManager {
             (env::DATA_DIR.to_string(), data_dir.display().to_string()),
             (env::FOLD.to_string(), a.fold.to_string()),
             (env::FOLDS.to_string(), a.folds.to_string()),
+            (env::FOLD_SPLIT.to_string(), fold_split.as_str().to_string()),
             (
                 env::TRAIN_INDICES.to_string(),
                 job_dir.join(proto::TRAIN_INDICES).display().to_string(),

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sweepfold_common::contract::{SPEC_VERSION, SpecRefusal, decode_spec};
+use sweepfold_common::folds::Split;
 use sweepfold_common::job_protocol::{self as proto, ChildEvent, env};
 use sweepfold_common::{Bytes, JobId};
 use sweepfold_proto::v1 as pb;
@@ -105,7 +106,12 @@ impl JobManager {
                 return Self::refused(why);
             }
         };
-        let prepared = match self.prepare(a, spec) {
+        let Some(split) = Split::parse(&a.fold_split) else {
+            let why = SpecRefusal::UnknownSplit(a.fold_split.clone());
+            tracing::warn!(job = a.job_id, attempt = a.attempt, reason = %why, "refusing a job this agent cannot run");
+            return Self::refused(why);
+        };
+        let prepared = match self.prepare(a, spec, split) {
             Ok(p) => p,
             Err(e) => return Self::failed_at_start(format!("could not start the job: {e}")),
         };

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use crate::contract::{EnsembleMethod, JobSpec};
+use crate::folds::Split;
 use crate::units::Bytes;
 use crate::yaml_lines::KeyLines;
 
@@ -76,6 +77,14 @@ pub struct KFold {
     /// Seed of the stratified shuffle; the same seed gives the same split.
     #[serde(default)]
     pub seed: u64,
+    /// Which algorithm splits: sweepfold's own (the default) or
+    /// scikit-learn's `StratifiedKFold(shuffle=True)`, bit for bit.
+    #[serde(default, skip_serializing_if = "is_default_split")]
+    pub split: Split,
+}
+
+fn is_default_split(s: &Split) -> bool {
+    *s == Split::Sweepfold
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

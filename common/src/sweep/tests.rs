@@ -340,3 +340,22 @@ fn compact_sequences_nested_half_a_million_deep_do_not_overflow_the_stack() {
         .expect("no stack overflow");
     assert!(e.contains("levels deep"), "{e}");
 }
+
+#[test]
+fn kfold_split_sklearn_is_parsed_and_checked() {
+    let sweep = parse(&CONTRACT.replace("  seed: 42 ", "  split: sklearn\n  seed: 42 ")).unwrap();
+    assert_eq!(sweep.file.kfold.split, crate::folds::Split::Sklearn);
+    // The default stays sweepfold's own split.
+    assert_eq!(
+        parse(CONTRACT).unwrap().file.kfold.split,
+        crate::folds::Split::Sweepfold
+    );
+
+    let e = error_of(&CONTRACT.replace("  seed: 42 ", "  split: numpy\n  seed: 42 "));
+    assert!(e.contains("kfold.split") && e.contains("sklearn"), "{e}");
+    let e = error_of(&CONTRACT.replace("  seed: 42 ", "  split: sklearn\n  seed: 4294967296 "));
+    assert!(
+        e.contains("kfold.seed: must be at most 4294967295 for `split: sklearn`"),
+        "{e}"
+    );
+}

@@ -54,6 +54,17 @@ pub(super) fn validate_file(f: &SweepFile, p: &mut Problems) {
             format!("must be at most 100, got {}", f.kfold.folds),
         );
     }
+    if f.kfold.seed > f.kfold.split.max_seed() {
+        p.add(
+            "kfold.seed",
+            format!(
+                "must be at most {} for `split: {}` (numpy's RandomState takes 0..2^32), got {}",
+                f.kfold.split.max_seed(),
+                f.kfold.split,
+                f.kfold.seed
+            ),
+        );
+    }
     if f.retries > 100 {
         p.add("retries", format!("must be at most 100, got {}", f.retries));
     }

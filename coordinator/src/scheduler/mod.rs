@@ -61,6 +61,7 @@ impl Core {
                     idle: mine.is_empty(),
                     datasets,
                     healthy,
+                    spec_version: agent.spec_version,
                 });
                 continue;
             }
@@ -97,6 +98,7 @@ impl Core {
                             >= IDLE_FREE_SHARE * gpu.total_memory_bytes as f64,
                     datasets: datasets.clone(),
                     healthy,
+                    spec_version: agent.spec_version,
                 });
             }
         }
@@ -146,6 +148,9 @@ impl Core {
             .zip(avoid)
             .map(|(q, avoid_agent)| PendingJob {
                 refused_by: refused_by.remove(&q.id).unwrap_or_default(),
+                needs_spec_version: sweepfold_common::contract::spec_version_for_split(
+                    q.fold_split,
+                ),
                 estimate: self.estimate(q.memory_estimate, &q.memory_key, cfg),
                 id: q.id,
                 sweep: q.sweep_id,
@@ -200,6 +205,7 @@ impl Core {
                 fold: job.fold,
                 folds: info.folds,
                 fold_seed: info.fold_seed,
+                fold_split: info.fold_split,
                 dataset: info.dataset,
                 gpu_uuid: gpu_uuid.clone(),
                 required_fields: sweepfold_common::contract::required_fields(&info.spec_json),

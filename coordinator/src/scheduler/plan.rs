@@ -16,7 +16,8 @@
 //!    estimate. A job whose memory is unknown runs alone on an idle GPU, and
 //!    nothing else joins it until it finishes or reports its peak.
 //! 4. Only agents that hold the job's dataset (with the registered content
-//!    hash), are healthy, and have room under the per-device job cap.
+//!    hash), are healthy, have room under the per-device job cap, and know
+//!    the job's fold split (spec version).
 //! 5. Policy `spread` takes the device with the fewest jobs, then the most
 //!    free memory; `pack` takes the GPU where the job leaves the least free
 //!    memory (best fit). GPUs are preferred to CPU slots.
@@ -68,6 +69,8 @@ pub struct Device {
     pub datasets: BTreeSet<String>,
     /// Unhealthy agents get no jobs.
     pub healthy: bool,
+    /// The job spec version the agent understands.
+    pub spec_version: u32,
 }
 
 impl Device {
@@ -91,6 +94,8 @@ pub struct PendingJob {
     /// Agents that refused the job (its spec needs a newer agent): never
     /// offered to them again in this session.
     pub refused_by: Vec<String>,
+    /// The lowest agent spec version that computes this job's fold split.
+    pub needs_spec_version: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -177,6 +182,7 @@ fn choose(devices: &[Device], job: &PendingJob, s: &Snapshot) -> Option<usize> {
             || !d.datasets.contains(&job.dataset)
             || job.avoid_agent.as_deref() == Some(d.agent.as_str())
             || job.refused_by.contains(&d.agent)
+            || d.spec_version < job.needs_spec_version
         {
             return false;
         }
@@ -217,6 +223,7 @@ mod tests {
             idle: true,
             datasets: ["sketch".to_string()].into(),
             healthy: true,
+            spec_version: 2,
         }
     }
 
@@ -230,6 +237,7 @@ mod tests {
             estimate: gib.map(Bytes::from_gib),
             avoid_agent: None,
             refused_by: Vec::new(),
+            needs_spec_version: 1,
         }
     }
 
@@ -245,6 +253,22 @@ mod tests {
 
     fn placed(plan: &[Assignment]) -> Vec<(i64, usize)> {
         plan.iter().map(|a| (a.job.0, a.device)).collect()
+    }
+
+    #[test]
+    fn a_job_of_the_sklearn_split_waits_for_an_agent_that_knows_it() {
+        let mut old = gpu("old", "g0", 32);
+        old.spec_version = 1;
+        let mut sklearn = job(1, "u", Some(4));
+        sklearn.needs_spec_version = 2;
+        let s = snapshot(
+            vec![old.clone()],
+            vec![sklearn.clone(), job(2, "u", Some(4))],
+        );
+        // The older agent still takes the job of sweepfold's own split.
+        assert_eq!(placed(&plan(&s)), vec![(2, 0)]);
+        let s = snapshot(vec![old, gpu("new", "g1", 32)], vec![sklearn]);
+        assert_eq!(placed(&plan(&s)), vec![(1, 1)]);
     }
 
     #[test]
@@ -359,6 +383,7 @@ mod tests {
             idle: true,
             datasets: ["sketch".to_string()].into(),
             healthy: true,
+            spec_version: 2,
         };
         let s = snapshot(
             vec![cpu],
@@ -421,6 +446,7 @@ mod tests {
                     idle: jobs == 0 && free == total,
                     datasets: ds.into_iter().map(String::from).collect(),
                     healthy,
+                    spec_version: 2,
                 }
             });
         let pending = (
@@ -440,6 +466,7 @@ mod tests {
                 estimate: gib.map(Bytes::from_gib),
                 avoid_agent: avoid.map(|a| format!("agent{a}")),
                 refused_by: Vec::new(),
+                needs_spec_version: 1,
             });
         (
             prop::collection::vec(device, 0..8),

@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use sweepfold_common::disk::DiskSpace;
+use sweepfold_common::folds::Split;
 use sweepfold_common::{Attempt, Bytes, JobId, SweepId};
 use tokio::sync::mpsc;
 
@@ -73,6 +74,7 @@ pub struct Assignment {
     pub fold: u32,
     pub folds: u32,
     pub fold_seed: u64,
+    pub fold_split: Split,
     pub dataset: String,
     /// Empty for a CPU job.
     pub gpu_uuid: String,
@@ -100,6 +102,8 @@ pub struct AgentSession {
     pub version: String,
     pub cpu_only: bool,
     pub cpu_slots: u32,
+    /// The job spec version the agent announced (`Hello.spec_version`).
+    pub spec_version: u32,
     pub gpus: Vec<GpuReading>,
     /// The agent's work dir at its last report; a full one gets no jobs.
     pub disk: Option<DiskSpace>,
@@ -147,6 +151,7 @@ impl AgentSession {
             version: r.version.clone(),
             cpu_only: r.cpu_only,
             cpu_slots: 1,
+            spec_version: 0,
             gpus: Vec::new(),
             disk: None,
             datasets: Vec::new(),

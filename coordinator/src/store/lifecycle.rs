@@ -4,6 +4,7 @@
 //! rejected as stale (the attempt number is a fencing token).
 
 use rusqlite::{Transaction, params};
+use sweepfold_common::folds::Split;
 use sweepfold_common::{Attempt, Bytes, JobId, JobState, SweepId};
 
 use super::{EventRecord, JobRecord, Store, job_by_id, set_state};
@@ -25,6 +26,7 @@ pub struct QueuedJob {
     pub memory_estimate: Bytes,
     /// The agent of the last attempt, if that attempt failed at start.
     pub avoid_agent: Option<String>,
+    pub fold_split: Split,
 }
 
 /// What an agent needs to know about a job's sweep to run it.
@@ -33,6 +35,7 @@ pub struct AssignmentInfo {
     pub sweep_name: String,
     pub folds: u32,
     pub fold_seed: u64,
+    pub fold_split: Split,
     pub dataset: String,
     pub spec_json: String,
 }
@@ -138,7 +141,7 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT j.id, j.sweep_id, s.owner, s.priority, s.dataset, j.memory_key, j.memory_estimate, \
              (SELECT a.agent FROM attempts a WHERE a.job_id = j.id AND a.attempt = j.attempt \
-              AND a.outcome = 'start_failure') \
+              AND a.outcome = 'start_failure'), s.fold_split \
              FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE j.state = 'queued' ORDER BY j.id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -151,6 +154,7 @@ impl Store {
                 memory_key: r.get(5)?,
                 memory_estimate: Bytes(r.get::<_, i64>(6)? as u64),
                 avoid_agent: r.get(7)?,
+                fold_split: super::split_from_column(r, 8)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -415,7 +419,7 @@ impl Store {
 
     pub fn assignment_info(&self, job: JobId) -> Result<AssignmentInfo> {
         Ok(self.conn.query_row(
-            "SELECT s.name, s.folds, s.fold_seed, s.dataset, c.spec_json FROM jobs j \
+            "SELECT s.name, s.folds, s.fold_seed, s.dataset, c.spec_json, s.fold_split FROM jobs j \
              JOIN sweeps s ON s.id = j.sweep_id \
              JOIN configurations c ON c.sweep_id = j.sweep_id AND c.config_index = j.config_index \
              WHERE j.id = ?1",
@@ -427,6 +431,7 @@ impl Store {
                     fold_seed: r.get::<_, i64>(2)? as u64,
                     dataset: r.get(3)?,
                     spec_json: r.get(4)?,
+                    fold_split: super::split_from_column(r, 5)?,
                 })
             },
         )?)

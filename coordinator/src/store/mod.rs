@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use sweepfold_common::folds::Split;
 use sweepfold_common::sweep::Sweep;
 use sweepfold_common::{Attempt, Bytes, JobId, JobState, SweepId};
 
@@ -51,6 +52,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0005_nullable_metrics",
         include_str!("../../migrations/0005_nullable_metrics.sql"),
+    ),
+    (
+        "0006_fold_split",
+        include_str!("../../migrations/0006_fold_split.sql"),
     ),
 ];
 
@@ -126,6 +131,7 @@ pub struct SweepRecord {
     pub dataset: String,
     pub folds: u32,
     pub fold_seed: u64,
+    pub fold_split: Split,
     pub gpu_memory: Option<Bytes>,
     pub retries: u32,
     pub ensemble_method: Option<String>,
@@ -240,7 +246,20 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
 }
 
 const SWEEP_COLUMNS: &str = "id, name, owner, priority, method, kind, dataset, folds, fold_seed, \
-     gpu_memory, retries, ensemble_method, state, source_yaml, file_name, submitted_at_ms";
+     gpu_memory, retries, ensemble_method, state, source_yaml, file_name, submitted_at_ms, fold_split";
+
+/// A stored split name; an unknown one (a newer release's) is an error, not
+/// a silent default.
+pub(crate) fn split_from_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Split> {
+    let s: String = r.get(i)?;
+    Split::parse(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown fold split `{s}` in the store").into(),
+        )
+    })
+}
 
 fn sweep_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SweepRecord> {
     Ok(SweepRecord {
@@ -260,6 +279,7 @@ fn sweep_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SweepRecord> {
         source_yaml: r.get(13)?,
         file_name: r.get(14)?,
         submitted_at_ms: r.get(15)?,
+        fold_split: split_from_column(r, 16)?,
         configurations: 0,
         counts: JobCounts::default(),
         ensemble: None,
@@ -330,8 +350,9 @@ impl Store {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO sweeps (name, owner, priority, method, kind, dataset, folds, fold_seed, \
-             gpu_memory, retries, ensemble_method, state, source_yaml, file_name, submitted_at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, ?13, ?14)",
+             gpu_memory, retries, ensemble_method, state, source_yaml, file_name, submitted_at_ms, \
+             fold_split) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, ?13, ?14, ?15)",
             params![
                 f.name,
                 new.owner,
@@ -347,6 +368,7 @@ impl Store {
                 new.source_yaml,
                 new.file_name,
                 new.now_ms,
+                f.kfold.split.as_str(),
             ],
         )?;
         let sweep_id = tx.last_insert_rowid();

@@ -13,8 +13,78 @@
 //! at most one) and fold sizes differ by at most one overall. This is the
 //! contract of `StratifiedKFold(n_splits=k, shuffle=True)` (not its exact
 //! permutation, which depends on numpy's generator).
+//!
+//! A sweep may instead ask for scikit-learn's own split (`kfold.split:
+//! sklearn`, [`sklearn::stratified_folds`]), so that predictions made in a
+//! notebook with `StratifiedKFold(shuffle=True, random_state=seed)` line up
+//! with sweepfold's fold for fold. [`Split`] names the two; [`folds_of`]
+//! computes either.
+
+pub mod sklearn;
+
+use serde::{Deserialize, Serialize};
 
 use crate::rng::Rng;
+
+/// Which algorithm assigns rows to folds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// sweepfold's own [`stratified_folds`] (the default).
+    #[default]
+    Sweepfold,
+    /// scikit-learn's `StratifiedKFold(shuffle=True)` (0.22 and later).
+    Sklearn,
+}
+
+impl Split {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Split::Sweepfold => "sweepfold",
+            Split::Sklearn => "sklearn",
+        }
+    }
+
+    /// `""` (what a store or message written before splits had a name) is
+    /// the default.
+    pub fn parse(s: &str) -> Option<Split> {
+        match s {
+            "" | "sweepfold" => Some(Split::Sweepfold),
+            "sklearn" => Some(Split::Sklearn),
+            _ => None,
+        }
+    }
+
+    /// The largest seed the split accepts (numpy's `RandomState` takes
+    /// 0..2^32).
+    pub const fn max_seed(self) -> u64 {
+        match self {
+            Split::Sweepfold => u64::MAX,
+            Split::Sklearn => u32::MAX as u64,
+        }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The fold (0..k) of every row under `split`.
+pub fn folds_of(split: Split, targets: &[u32], k: u32, seed: u64) -> Result<Vec<u32>, SplitError> {
+    match split {
+        Split::Sweepfold => stratified_folds(targets, k, seed),
+        Split::Sklearn => {
+            let seed = u32::try_from(seed).map_err(|_| SplitError::SeedTooLarge {
+                split,
+                seed,
+                max: split.max_seed(),
+            })?;
+            sklearn::stratified_folds(targets, k, seed)
+        }
+    }
+}
 
 /// Why a split is impossible.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +93,10 @@ pub enum SplitError {
     TooFewRows { rows: usize, folds: u32 },
     #[error("folds must be at least 2, got {0}")]
     TooFewFolds(u32),
+    #[error("every class has fewer rows than the {folds} folds (the largest has {largest})")]
+    ClassesTooSmall { folds: u32, largest: usize },
+    #[error("seed {seed} is too large for the {split} split (at most {max})")]
+    SeedTooLarge { split: Split, seed: u64, max: u64 },
 }
 
 /// The fold (0..k) of every row.

@@ -289,6 +289,16 @@ fn parse_test(path: &Path, bytes: &[u8]) -> Result<Vec<String>, DatasetError> {
     Ok(rows)
 }
 
+/// The `target` column of a train.csv given as bytes, in file order, after
+/// the same checks as [`DatasetIndex::load`]: what the coordinator needs to
+/// compute a fold split without the images.
+pub fn train_targets_from_csv(bytes: &[u8]) -> Result<Vec<u32>, DatasetError> {
+    Ok(parse_train(Path::new(TRAIN_CSV), bytes)?
+        .into_iter()
+        .map(|r| r.target)
+        .collect())
+}
+
 /// Reads just the image paths of a test.csv given as text (the coordinator
 /// writes submissions from the uploaded copy).
 pub fn test_paths_from_csv(text: &str) -> Result<Vec<String>, DatasetError> {

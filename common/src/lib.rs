@@ -12,6 +12,7 @@ pub mod folds;
 pub mod job_protocol;
 pub mod job_state;
 pub mod npy;
+pub mod predictions;
 pub mod rng;
 pub mod settings;
 pub mod sweep;

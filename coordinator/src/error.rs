@@ -22,6 +22,9 @@ pub enum Error {
     },
     #[error("upload rejected: {0}")]
     UploadRejected(String),
+    /// Imported predictions that do not match their dataset or split.
+    #[error("import rejected: {0}")]
+    ImportRejected(String),
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     #[error("unauthenticated: {0}")]
@@ -87,7 +90,7 @@ impl From<Error> for tonic::Status {
             Error::InvalidSweep(_) | Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::SweepNotFound(_) | Error::JobNotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) | Error::StaleAttempt { .. } => Code::FailedPrecondition,
-            Error::UploadRejected(_) => Code::InvalidArgument,
+            Error::UploadRejected(_) | Error::ImportRejected(_) => Code::InvalidArgument,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::NameInUse(_) => Code::AlreadyExists,
             Error::Unauthenticated(_) => Code::Unauthenticated,

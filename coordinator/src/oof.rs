@@ -36,6 +36,8 @@ pub struct ConfigPlan {
     pub folds: u32,
     pub done: Vec<FoldFiles>,
     pub stats: ConfigStats,
+    /// Trained elsewhere and imported (`coordinator import`).
+    pub imported: bool,
 }
 
 impl ConfigPlan {
@@ -153,6 +155,7 @@ pub fn plan(store: &Store, refs: &[String]) -> Result<ResultsPlan> {
                 folds: s.folds,
                 done,
                 stats: stats.get(&c.index).copied().unwrap_or_default(),
+                imported: s.kind == "imported",
             });
         }
     }
@@ -189,6 +192,8 @@ pub struct ConfigResult {
     pub gpu_seconds: f64,
     /// 1-based among complete configurations; 0 for partial ones.
     pub rank: u32,
+    /// Trained elsewhere and imported.
+    pub imported: bool,
 }
 
 impl ConfigResult {
@@ -233,6 +238,20 @@ fn sha<'a>(f: &'a FoldFiles, r: &str) -> Result<&'a str> {
         .get(r)
         .map(String::as_str)
         .ok_or_else(|| Error::Internal(format!("fold {} has no stored {r}", f.fold)))
+}
+
+/// The fold of every train.csv row of a complete configuration (from its
+/// stored validation indices); -1 for a row no fold validated.
+pub fn fold_of_rows(c: &ConfigPlan, blobs: &BlobStore, n_train: usize) -> Result<Vec<i64>> {
+    let mut folds = vec![-1i64; n_train];
+    for f in &c.done {
+        for row in read_i64(blobs, sha(f, role::VAL_INDICES)?, role::VAL_INDICES)? {
+            if let Some(slot) = usize::try_from(row).ok().and_then(|r| folds.get_mut(r)) {
+                *slot = i64::from(f.fold);
+            }
+        }
+    }
+    Ok(folds)
 }
 
 /// Everything loaded for a plan.
@@ -359,6 +378,7 @@ pub fn load(plan: &ResultsPlan, blobs: &BlobStore, want: Want) -> Result<Loaded>
             epochs_mean: c.stats.epochs_mean,
             gpu_seconds: c.stats.gpu_seconds,
             rank: 0,
+            imported: c.imported,
         });
         if let Some(oof) = oof {
             let parts: Vec<&[f32]> = test_parts.iter().map(Vec::as_slice).collect();
@@ -540,6 +560,7 @@ mod tests {
             epochs_mean: 0.0,
             gpu_seconds: 0.0,
             rank: 0,
+            imported: false,
         };
         let mut v = vec![
             r(None, vec![0.99]),

@@ -30,7 +30,7 @@ mod validate;
 
 pub use expand::{configuration_count, expanded_bytes};
 pub use parse::parse_sweep;
-pub use validate::{fill_placeholders, placeholders, resolve_trainer};
+pub use validate::{fill_placeholders, placeholders, resolve_trainer, valid_name};
 
 /// Default cap on the jobs (configurations x folds) one sweep may expand to.
 pub const DEFAULT_MAX_JOBS: u64 = 10_000;

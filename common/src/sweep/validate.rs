@@ -10,7 +10,8 @@ use super::{
 use crate::contract::Placeholder;
 use crate::trainer_config::TrainerConfig;
 
-fn valid_name(s: &str) -> bool {
+/// A sweep or dataset name: letters, digits, `-`, `_` or `.`, at most 100.
+pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 100
         && s.chars()

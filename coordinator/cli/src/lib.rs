@@ -12,6 +12,7 @@ use sweepfold_common::JobState;
 use sweepfold_common::sweep::Limits;
 
 pub mod agents;
+pub mod imports;
 pub mod jobs;
 pub mod output;
 pub mod results;
@@ -133,6 +134,52 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Register predictions trained elsewhere (out-of-fold and test, .npy
+    /// or the CSV layout class_0..class_{C-1}) as a configuration that
+    /// ranks and ensembles like a sweepfold one.
+    Import {
+        /// The name it is listed under (a new sweep).
+        name: String,
+        /// The dataset (as the agents name it).
+        #[arg(long)]
+        dataset: String,
+        /// The dataset's directory, with the train.csv and test.csv the
+        /// predictions were made on (checked against the agents' copy).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        folds: u32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The fold split the predictions were made on: sklearn
+        /// (StratifiedKFold(shuffle=True, random_state=SEED)) or sweepfold.
+        #[arg(long, default_value = "sklearn")]
+        split: String,
+        /// Out-of-fold predictions: one file for every train.csv row (file
+        /// order), or one per fold (repeat the flag, or use `{fold}` in the
+        /// name) with that fold's validation rows in ascending row order.
+        #[arg(long, required = true)]
+        oof: Vec<String>,
+        /// Test predictions: one file (every test.csv row), or one per fold
+        /// (averaged like sweepfold's fold models).
+        #[arg(long, required = true)]
+        test: Vec<String>,
+        /// Parameters shown in the leaderboard, KEY=VALUE.
+        #[arg(long, num_args = 1..)]
+        params: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a configuration's out-of-fold and test probabilities (.npy and
+    /// CSV), the fold of every row and meta.json.
+    Export {
+        /// SWEEP:INDEX (or SWEEP when it has one configuration).
+        configuration: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a self-contained HTML report.
     Report {
         /// Sweep ids or names.
@@ -229,6 +276,37 @@ pub async fn run(target: &Target, command: Command) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Import {
+            name,
+            dataset,
+            data,
+            folds,
+            seed,
+            split,
+            oof,
+            test,
+            params,
+            json,
+        } => {
+            let args = imports::ImportArgs {
+                name,
+                dataset,
+                data,
+                folds,
+                seed,
+                split,
+                oof,
+                test,
+                params,
+                json,
+            };
+            imports::import(&mut connect(target).await?, args).await
+        }
+        Command::Export {
+            configuration,
+            out,
+            json,
+        } => imports::export(&mut connect(target).await?, configuration, &out, json).await,
         Command::Report {
             sweeps,
             method,

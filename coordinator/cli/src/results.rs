@@ -32,6 +32,7 @@ pub async fn leaderboard(
                     "oof_accuracy": if e.complete { Value::from(e.oof_accuracy) } else { Value::Null },
                     "fold_accuracy_mean": e.fold_accuracy_mean, "fold_accuracy_std": e.fold_accuracy_std,
                     "epochs_mean": e.epochs_mean, "gpu_seconds": e.gpu_seconds,
+                    "imported": e.imported,
                 })
             })
             .collect();
@@ -61,7 +62,11 @@ pub async fn leaderboard(
             } else {
                 "partial".into()
             },
-            format!("{}:{}", e.sweep_name, e.config_index),
+            if e.imported {
+                format!("{}:{} (imported)", e.sweep_name, e.config_index)
+            } else {
+                format!("{}:{}", e.sweep_name, e.config_index)
+            },
             if e.complete {
                 format!("{:.4}", e.oof_accuracy)
             } else {
@@ -69,8 +74,16 @@ pub async fn leaderboard(
             },
             format!("{:.4} ± {:.4}", e.fold_accuracy_mean, e.fold_accuracy_std),
             format!("{}/{}", e.folds_done, e.folds),
-            format!("{:.1}", e.epochs_mean),
-            format_duration(e.gpu_seconds),
+            if e.imported {
+                "-".into()
+            } else {
+                format!("{:.1}", e.epochs_mean)
+            },
+            if e.imported {
+                "-".into()
+            } else {
+                format_duration(e.gpu_seconds)
+            },
             params_inline(&e.params_json),
         ]);
     }

@@ -2,13 +2,17 @@
 //! every RPC.
 
 use sweepfold_common::disk::DiskSpace;
+use sweepfold_common::folds::Split;
 use sweepfold_common::{Attempt, Bytes, JobId, JobState};
 use sweepfold_proto::v1 as pb;
 
 use sweepfold_common::contract::EnsembleMember;
 
 use crate::agent_messages as am;
+use crate::error::Error;
+use crate::imports::Exported;
 use crate::oof::ConfigResult;
+use crate::predictions::{FileRole, ImportFile, ImportRequest};
 use crate::state::ToAgent;
 use crate::store::{
     ConfigRecord, EnsembleRecord, EventRecord, JobCounts, JobRecord, MetricRecord, SweepRecord,
@@ -79,6 +83,7 @@ pub fn leaderboard_entry(r: &ConfigResult) -> pb::LeaderboardEntry {
         fold_accuracy_std: std,
         epochs_mean: r.epochs_mean,
         gpu_seconds: r.gpu_seconds,
+        imported: r.imported,
     }
 }
 
@@ -415,5 +420,86 @@ pub fn agent(a: am::AgentView) -> pb::Agent {
             .as_ref()
             .and_then(DiskSpace::full_reason)
             .unwrap_or_default(),
+    }
+}
+
+/// An import's header as the feature takes it.
+pub fn import_request(h: pb::ImportHeader) -> Result<ImportRequest, Error> {
+    let fold_split = Split::parse(&h.fold_split).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "unknown fold split `{}`: sweepfold or sklearn",
+            h.fold_split
+        ))
+    })?;
+    if h.fold_seed > fold_split.max_seed() {
+        return Err(Error::InvalidArgument(format!(
+            "seed {} is too large for the {fold_split} split (at most {})",
+            h.fold_seed,
+            fold_split.max_seed()
+        )));
+    }
+    let params = if h.params_json.trim().is_empty() {
+        serde_json::Map::new()
+    } else {
+        match serde_json::from_str::<serde_json::Value>(&h.params_json) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "params_json must be a JSON object, got `{}`",
+                    h.params_json
+                )));
+            }
+        }
+    };
+    Ok(ImportRequest {
+        name: h.name.trim().to_string(),
+        dataset: h.dataset.trim().to_string(),
+        folds: h.folds,
+        fold_seed: h.fold_seed,
+        fold_split,
+        params,
+        default_owner: h.default_owner,
+    })
+}
+
+/// One announced file of an import (its bytes follow).
+pub fn import_file(f: &pb::FileStart) -> Result<ImportFile, Error> {
+    let role = FileRole::parse(&f.role).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{}: unknown file role `{}` (oof, test, train_csv or test_csv)",
+            f.file_name, f.role
+        ))
+    })?;
+    let fold = match f.fold {
+        -1 => None,
+        n if n >= 0 && matches!(role, FileRole::Oof | FileRole::Test) => Some(n as u32),
+        n => {
+            return Err(Error::InvalidArgument(format!(
+                "{}: fold {n} is not -1 (every row) or a fold number",
+                f.file_name
+            )));
+        }
+    };
+    Ok(ImportFile {
+        role,
+        fold,
+        name: f.file_name.clone(),
+        bytes: Vec::with_capacity(f.size_bytes.min(64 << 20) as usize),
+    })
+}
+
+pub fn export_header(e: &Exported) -> pb::ExportHeader {
+    pb::ExportHeader {
+        label: e.label.clone(),
+        params_json: e.params_json.clone(),
+        dataset: e.sweep.dataset.clone(),
+        folds: e.sweep.folds,
+        fold_seed: e.sweep.fold_seed,
+        fold_split: e.sweep.fold_split.as_str().to_string(),
+        classes: e.classes as u32,
+        train_rows: e.train_rows as u64,
+        test_rows: e.test_rows as u64,
+        oof_accuracy: e.oof_accuracy,
+        imported: e.sweep.kind == "imported",
     }
 }

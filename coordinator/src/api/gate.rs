@@ -27,6 +27,7 @@ const WRITE_METHODS: &[&str] = &[
     "DeleteSweep",
     "ReregisterDataset",
     "Ensemble",
+    "ImportPredictions",
 ];
 
 /// What a call to `path` needs, or `None` for calls the gate leaves alone

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 
+use sweepfold_common::npy::NpyArray;
 use sweepfold_common::{JobId, SweepId};
 use sweepfold_proto::v1 as pb;
 use sweepfold_proto::v1::coordinator_server::Coordinator;
@@ -14,6 +15,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use crate::auth::{Access, Auth, Identity};
 use crate::error::Error;
+use crate::predictions::ImportFile;
 use crate::state::CoordinatorHandle;
 use crate::store::SweepState;
 
@@ -48,6 +50,14 @@ fn required(value: &str, field: &str) -> Result<String, Status> {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchSweepResponse, Status>> + Send>>;
+type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportChunk, Status>> + Send>>;
+
+/// The most an import may send in all (its prediction files and the
+/// dataset's two CSVs): the competition's per-fold CSVs are about 300 MB.
+pub const MAX_IMPORT_BYTES: u64 = 1 << 30;
+
+/// Export files go out in pieces of this size.
+const EXPORT_CHUNK_BYTES: usize = 1 << 20;
 
 fn parse_method(m: &str) -> Result<crate::ensemble::Method, Status> {
     m.parse()
@@ -369,6 +379,139 @@ impl Coordinator for CoordinatorService {
                     };
                     let done = sweep.state != SweepState::Active;
                     if !send(Event::Sweep(convert::sweep(&sweep))).await || done {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn import_predictions(
+        &self,
+        request: Request<tonic::Streaming<pb::ImportChunk>>,
+    ) -> Result<Response<pb::ImportPredictionsResponse>, Status> {
+        use pb::import_chunk::Chunk;
+        let who = self.auth.user(&request, Access::Write)?;
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::ImportChunk {
+                chunk: Some(Chunk::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "an import starts with its header (name, dataset, folds, seed, split)".into(),
+                )
+                .into());
+            }
+        };
+        let req = convert::import_request(header)?;
+        let mut files: Vec<ImportFile> = Vec::new();
+        let mut expected: Vec<u64> = Vec::new();
+        let mut total = 0u64;
+        while let Some(msg) = stream.message().await? {
+            match msg.chunk {
+                Some(Chunk::File(f)) => {
+                    if f.size_bytes > MAX_IMPORT_BYTES {
+                        return Err(Error::InvalidArgument(format!(
+                            "{}: {} bytes is more than an import may send ({MAX_IMPORT_BYTES})",
+                            f.file_name, f.size_bytes
+                        ))
+                        .into());
+                    }
+                    let file = convert::import_file(&f)?;
+                    expected.push(f.size_bytes);
+                    files.push(file);
+                }
+                Some(Chunk::Data(bytes)) => {
+                    let Some(file) = files.last_mut() else {
+                        return Err(Error::InvalidArgument(
+                            "file bytes before any file header".into(),
+                        )
+                        .into());
+                    };
+                    total += bytes.len() as u64;
+                    if total > MAX_IMPORT_BYTES {
+                        return Err(Error::InvalidArgument(format!(
+                            "the import is larger than {MAX_IMPORT_BYTES} bytes"
+                        ))
+                        .into());
+                    }
+                    if file.bytes.len() as u64 + bytes.len() as u64 > *expected.last().unwrap_or(&0)
+                    {
+                        return Err(Error::InvalidArgument(format!(
+                            "{}: more bytes than its header announced",
+                            file.name
+                        ))
+                        .into());
+                    }
+                    file.bytes.extend_from_slice(&bytes);
+                }
+                Some(Chunk::Header(_)) => {
+                    return Err(Error::InvalidArgument("a second import header".into()).into());
+                }
+                None => {}
+            }
+        }
+        for (f, &size) in files.iter().zip(&expected) {
+            if f.bytes.len() as u64 != size {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: received {} bytes, its header announced {size} (the upload was cut off)",
+                    f.name,
+                    f.bytes.len()
+                ))
+                .into());
+            }
+        }
+        let imported = self.handle.import_predictions(req, files, who).await?;
+        Ok(Response::new(pb::ImportPredictionsResponse {
+            sweep: Some(convert::sweep(&imported.sweep)),
+            oof_accuracy: imported.oof_accuracy,
+            values: imported.values.to_string(),
+        }))
+    }
+
+    type ExportPredictionsStream = ExportStream;
+
+    async fn export_predictions(
+        &self,
+        request: Request<pb::ExportPredictionsRequest>,
+    ) -> Result<Response<Self::ExportPredictionsStream>, Status> {
+        use pb::export_chunk::Chunk;
+        self.auth.user(&request, Access::Read)?;
+        let reference = required(&request.into_inner().configuration, "configuration")?;
+        let e = self.handle.export_predictions(reference).await?;
+        let header = convert::export_header(&e);
+        let files = [
+            (
+                "oof",
+                NpyArray::from_f32(vec![e.train_rows, e.classes], &e.oof),
+            ),
+            (
+                "test",
+                NpyArray::from_f32(vec![e.test_rows, e.classes], &e.test),
+            ),
+            ("folds", NpyArray::from_i64(vec![e.folds.len()], &e.folds)),
+        ];
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let chunk = |c: Chunk| Ok(pb::ExportChunk { chunk: Some(c) });
+            if tx.send(chunk(Chunk::Header(header))).await.is_err() {
+                return;
+            }
+            for (role, array) in files {
+                let bytes = array.to_bytes();
+                let start = pb::FileStart {
+                    role: role.into(),
+                    fold: -1,
+                    file_name: format!("{role}.npy"),
+                    size_bytes: bytes.len() as u64,
+                };
+                if tx.send(chunk(Chunk::File(start))).await.is_err() {
+                    return;
+                }
+                for piece in bytes.chunks(EXPORT_CHUNK_BYTES) {
+                    if tx.send(chunk(Chunk::Data(piece.to_vec()))).await.is_err() {
                         return;
                     }
                 }

@@ -166,14 +166,16 @@ pub enum EnsembleMethod {
     Hard,
     Weighted,
     Greedy,
+    Stacking,
 }
 
 impl EnsembleMethod {
-    pub const ALL: [EnsembleMethod; 4] = [
+    pub const ALL: [EnsembleMethod; 5] = [
         EnsembleMethod::Soft,
         EnsembleMethod::Hard,
         EnsembleMethod::Weighted,
         EnsembleMethod::Greedy,
+        EnsembleMethod::Stacking,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -182,6 +184,7 @@ impl EnsembleMethod {
             EnsembleMethod::Hard => "hard",
             EnsembleMethod::Weighted => "weighted",
             EnsembleMethod::Greedy => "greedy",
+            EnsembleMethod::Stacking => "stacking",
         }
     }
 }

@@ -15,7 +15,11 @@
 //!   on the simplex (the problem is convex, so it converges to the optimum);
 //! - greedy: Caruana et al.'s ensemble selection: start empty, repeatedly
 //!   add (with replacement) the member that most improves OOF accuracy,
-//!   stop when none does; weights are the selection counts.
+//!   stop when none does; weights are the selection counts;
+//! - stacking: a multinomial logistic regression on the members' OOF
+//!   probabilities (`stacking.rs`), scored by a second cross-validation on
+//!   the same folds; its weights are the fitted member weights, normalised.
+//!   Greedy's OOF accuracy is computed beside it, to say whether it wins.
 
 /// How members are combined (defined with the rest of the contract).
 pub use sweepfold_common::EnsembleMethod as Method;
@@ -75,6 +79,8 @@ pub struct Outcome {
     pub oof_accuracy: f64,
     pub best_member: usize,
     pub best_member_accuracy: f64,
+    /// For stacking: greedy selection's OOF accuracy on the same members.
+    pub greedy_oof_accuracy: Option<f64>,
 }
 
 pub fn accuracy(p: &Probs, targets: &[u32]) -> f64 {
@@ -222,8 +228,8 @@ fn weighted_mean(parts: &[&Probs], weights: &[f64]) -> Probs {
 }
 
 /// Combines `members` (at least one) by `method`; `targets` are the
-/// training rows' classes.
-pub fn combine(members: &[Member], targets: &[u32], method: Method) -> Outcome {
+/// training rows' classes and `folds` their folds (only stacking uses them).
+pub fn combine(members: &[Member], targets: &[u32], folds: &[u32], method: Method) -> Outcome {
     assert!(!members.is_empty(), "at least one member");
     let accs: Vec<f64> = members.iter().map(|m| accuracy(&m.oof, targets)).collect();
     let best_member = (0..members.len())
@@ -254,7 +260,51 @@ pub fn combine(members: &[Member], targets: &[u32], method: Method) -> Outcome {
             let test = weighted_mean(&members.iter().map(|x| &x.test).collect::<Vec<_>>(), &w);
             (w, oof, test)
         }
+        Method::Stacking => {
+            let (rows, classes) = (members[0].oof.rows, members[0].oof.classes);
+            let s = crate::stacking::stack(
+                &members
+                    .iter()
+                    .map(|x| x.oof.data.as_slice())
+                    .collect::<Vec<_>>(),
+                &members
+                    .iter()
+                    .map(|x| x.test.data.as_slice())
+                    .collect::<Vec<_>>(),
+                rows,
+                members[0].test.rows,
+                classes,
+                targets,
+                folds,
+            );
+            let total: f64 = s
+                .model
+                .weights
+                .iter()
+                .map(|w| w.abs())
+                .sum::<f64>()
+                .max(1e-12);
+            let w = s.model.weights.iter().map(|w| w / total).collect();
+            let oof = Probs {
+                rows,
+                classes,
+                data: s.oof,
+            };
+            let test = Probs {
+                rows: members[0].test.rows,
+                classes,
+                data: s.test,
+            };
+            (w, oof, test)
+        }
     };
+    let greedy_oof_accuracy = (method == Method::Stacking).then(|| {
+        let w = greedy_weights(members, targets);
+        accuracy(
+            &weighted_mean(&members.iter().map(|x| &x.oof).collect::<Vec<_>>(), &w),
+            targets,
+        )
+    });
     let oof_accuracy = accuracy(&oof, targets);
     Outcome {
         method,
@@ -264,6 +314,7 @@ pub fn combine(members: &[Member], targets: &[u32], method: Method) -> Outcome {
         oof_accuracy,
         best_member,
         best_member_accuracy: accs[best_member],
+        greedy_oof_accuracy,
     }
 }
 
@@ -479,7 +530,7 @@ mod tests {
     fn soft_voting_averages_probabilities() {
         let a = member("a", &[&[0.6, 0.4], &[0.2, 0.8]]);
         let b = member("b", &[&[0.2, 0.8], &[0.4, 0.6]]);
-        let out = combine(&[a, b], &[0, 1], Method::Soft);
+        let out = combine(&[a, b], &[0, 1], &[], Method::Soft);
         for (x, y) in out.oof.data.iter().zip([0.4, 0.6, 0.3, 0.7]) {
             assert!((x - y).abs() < 1e-6, "{:?}", out.oof.data);
         }
@@ -495,12 +546,13 @@ mod tests {
         let a = member("a", &[&[0.1, 0.8, 0.1]]);
         let b = member("b", &[&[0.1, 0.6, 0.3]]);
         let c = member("c", &[&[0.99, 0.005, 0.005]]);
-        let out = combine(&[a, b, c], &[1], Method::Hard);
+        let out = combine(&[a, b, c], &[1], &[], Method::Hard);
         assert_eq!(out.oof.argmax(), vec![1]);
         // One vote each; summed probability: class 0 0.85, class 1 1.15.
         let two = combine(
             &[member("x", &[&[0.55, 0.45]]), member("y", &[&[0.30, 0.70]])],
             &[1],
+            &[],
             Method::Hard,
         );
         assert_eq!(two.oof.argmax(), vec![1]);
@@ -517,7 +569,7 @@ mod tests {
         let a = member("a", &[&[0.5, 0.0, 0.49]]);
         let b = member("b", &[&[0.3, 0.0, 0.7]]);
         let c = member("c", &[&[0.1, 0.85, 0.05]]);
-        let out = combine(&[a, b, c], &[2], Method::Hard);
+        let out = combine(&[a, b, c], &[2], &[], Method::Hard);
         // Sums: 0.9, 0.85, 1.24.
         assert_eq!(out.oof.argmax(), vec![2]);
     }
@@ -528,7 +580,7 @@ mod tests {
         let a = member("a", &[&[0.9, 0.1], &[0.1, 0.9], &[0.9, 0.1], &[0.1, 0.9]]);
         let half: &[f32] = &[0.5, 0.5];
         let b = member("b", &[half; 4]);
-        let out = combine(&[a, b], &[0, 1, 0, 1], Method::Weighted);
+        let out = combine(&[a, b], &[0, 1, 0, 1], &[], Method::Weighted);
         assert!(out.weights[0] > 0.99, "{:?}", out.weights);
         assert!((out.weights.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         assert_eq!(out.oof_accuracy, 1.0);
@@ -540,7 +592,7 @@ mod tests {
         // the other half: the optimum is an even mix.
         let a = member("a", &[&[0.99, 0.01], &[0.5, 0.5]]);
         let b = member("b", &[&[0.5, 0.5], &[0.01, 0.99]]);
-        let out = combine(&[a, b], &[0, 1], Method::Weighted);
+        let out = combine(&[a, b], &[0, 1], &[], Method::Weighted);
         assert!((out.weights[0] - 0.5).abs() < 1e-3, "{:?}", out.weights);
     }
 
@@ -578,7 +630,7 @@ mod tests {
         ];
         assert_eq!(accuracy(&members[0].oof, &t), 0.8);
         assert_eq!(accuracy(&members[2].oof, &t), 0.6);
-        let out = combine(&members, &t, Method::Greedy);
+        let out = combine(&members, &t, &[], Method::Greedy);
         assert!(
             out.weights[2] > 0.0,
             "the weaker, diverse member is picked: {:?}",
@@ -593,7 +645,7 @@ mod tests {
     fn greedy_never_loses_to_the_best_member() {
         let a = member("a", &[&[0.9, 0.1], &[0.4, 0.6]]);
         let b = member("b", &[&[0.1, 0.9], &[0.9, 0.1]]);
-        let out = combine(&[a, b], &[0, 1], Method::Greedy);
+        let out = combine(&[a, b], &[0, 1], &[], Method::Greedy);
         assert_eq!(out.weights, vec![1.0, 0.0]);
         assert_eq!(out.oof_accuracy, 1.0);
     }

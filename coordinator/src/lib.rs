@@ -32,6 +32,7 @@ pub mod report;
 pub mod results;
 pub mod scheduler;
 pub mod sessions;
+pub mod stacking;
 pub mod state;
 pub mod store;
 pub mod sweeps;

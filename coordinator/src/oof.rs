@@ -264,6 +264,9 @@ pub struct Loaded {
     /// Class of every training row (rows no complete configuration covers
     /// are u32::MAX).
     pub targets: Vec<u32>,
+    /// Fold of every training row in the members' shared split (u32::MAX
+    /// where no complete configuration covers it).
+    pub folds: Vec<u32>,
     pub classes: usize,
     /// test.csv image paths (when members were loaded).
     pub test_paths: Vec<String>,
@@ -281,6 +284,7 @@ pub enum Want {
 pub fn load(plan: &ResultsPlan, blobs: &BlobStore, want: Want) -> Result<Loaded> {
     let n_train = plan.dataset.train_rows as usize;
     let mut targets = vec![u32::MAX; n_train];
+    let mut folds = vec![u32::MAX; n_train];
     let mut classes = 0usize;
     let mut results = Vec::new();
     let mut members = Vec::new();
@@ -335,6 +339,15 @@ pub fn load(plan: &ResultsPlan, blobs: &BlobStore, want: Want) -> Result<Loaded>
                 targets[row] = t;
                 if complete {
                     covered[row] += 1;
+                    if folds[row] != u32::MAX && folds[row] != f.fold {
+                        return Err(Error::InvalidArgument(format!(
+                            "training row {row} is in fold {} of one member and fold {} of {}: the members do not share a split",
+                            folds[row],
+                            f.fold,
+                            c.label()
+                        )));
+                    }
+                    folds[row] = f.fold;
                 }
                 if let Some(o) = &mut oof {
                     if o.classes == 0 {
@@ -396,6 +409,7 @@ pub fn load(plan: &ResultsPlan, blobs: &BlobStore, want: Want) -> Result<Loaded>
         members,
         member_results,
         targets,
+        folds,
         classes,
         test_paths,
     })
@@ -463,7 +477,7 @@ pub fn make(loaded: &Loaded, method: Method) -> Result<Made> {
             "no configuration has every fold done yet, so there is nothing to ensemble".into(),
         ));
     }
-    let outcome = ensemble::combine(&loaded.members, &loaded.targets, method);
+    let outcome = ensemble::combine(&loaded.members, &loaded.targets, &loaded.folds, method);
     let pred = outcome.test.argmax();
     if pred.len() != loaded.test_paths.len() {
         return Err(Error::Internal(format!(

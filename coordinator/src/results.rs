@@ -208,8 +208,9 @@ impl CoordinatorHandle {
         let blobs = self.blobs().clone();
         tokio::task::spawn_blocking(move || {
             let loaded = oof::load(&plan, &blobs, Want::Members)?;
-            let outcome = (!loaded.members.is_empty())
-                .then(|| crate::ensemble::combine(&loaded.members, &loaded.targets, method));
+            let outcome = (!loaded.members.is_empty()).then(|| {
+                crate::ensemble::combine(&loaded.members, &loaded.targets, &loaded.folds, method)
+            });
             Ok(crate::report::render(
                 &title,
                 &sweepfold_common::format_time(now_ms()),

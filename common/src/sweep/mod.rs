@@ -10,7 +10,7 @@
 //! file is reported at once where possible:
 //!
 //! ```text
-//! sweep.yaml:9: kfold.learning_rate: unknown key; expected `folds` or `seed`
+//! sweep.yaml:9: kfold.learning_rate: unknown key; expected one of `folds`, `seed`, `split`
 //! ```
 
 use std::fmt;

@@ -122,7 +122,7 @@ pub enum Command {
         /// Sweeps (all their complete configurations) or SWEEP:INDEX.
         #[arg(required = true)]
         members: Vec<String>,
-        /// soft, hard, weighted or greedy.
+        /// soft, hard, weighted, greedy or stacking.
         #[arg(long, default_value = "soft", value_parser = parse_method)]
         method: sweepfold_common::EnsembleMethod,
         /// The submission CSV to write.

@@ -113,6 +113,20 @@ pub fn print_ensemble(e: &pb::EnsembleResult) {
         e.best_member_oof_accuracy,
         e.oof_accuracy - e.best_member_oof_accuracy
     );
+    if e.method == "stacking" {
+        let greedy = e.greedy_oof_accuracy;
+        if e.oof_accuracy > greedy {
+            outln!(
+                "stacking beats greedy selection on OOF: {:.4} against {greedy:.4} (its OOF rows were scored by models fitted on the other folds)",
+                e.oof_accuracy
+            );
+        } else {
+            outln!(
+                "stacking does not beat greedy selection on OOF ({:.4} against {greedy:.4}): submit greedy",
+                e.oof_accuracy
+            );
+        }
+    }
     let mut t = Table::new(vec!["MEMBER", "OOF ACC", "WEIGHT", "PARAMETERS"]);
     for m in &e.members {
         t.row(vec![
@@ -156,6 +170,7 @@ pub async fn ensemble(
         return print_json(&serde_json::json!({
             "id": e.id, "method": e.method, "oof_accuracy": e.oof_accuracy,
             "best_member": e.best_member, "best_member_oof_accuracy": e.best_member_oof_accuracy,
+            "greedy_oof_accuracy": (e.method == "stacking").then_some(e.greedy_oof_accuracy),
             "members": e.members.iter().map(|m| serde_json::json!({
                 "sweep": m.sweep_name, "config_index": m.config_index, "weight": m.weight,
                 "oof_accuracy": m.oof_accuracy, "params": params_value(&m.params_json),

@@ -111,6 +111,8 @@ pub fn ensemble(e: &EnsembleRecord) -> pb::EnsembleResult {
         created_at_ms: e.created_at_ms,
         automatic: e.automatic,
         test_rows: e.test_rows,
+        // Not stored; the Ensemble RPC fills it in for stacking.
+        greedy_oof_accuracy: 0.0,
     }
 }
 

@@ -275,8 +275,10 @@ impl Coordinator for CoordinatorService {
         let method = parse_method(&r.method)?;
         let members = self.handle.resolve_refs(r.members, who.name).await?;
         let (record, made) = self.handle.ensemble(members, method, false).await?;
+        let mut result = convert::ensemble(&record);
+        result.greedy_oof_accuracy = made.outcome.greedy_oof_accuracy.unwrap_or(0.0);
         Ok(Response::new(pb::EnsembleResponse {
-            result: Some(convert::ensemble(&record)),
+            result: Some(result),
             submission_csv: made.submission_csv.into_bytes(),
             test_probabilities_npy: made.probabilities_npy,
         }))

@@ -105,8 +105,12 @@ fn format_duration(seconds: f64) -> String {
 /// next to the best single member.
 pub fn print_ensemble(e: &pb::EnsembleResult) {
     outln!(
-        "{} voting of {} members: OOF accuracy {:.4} (best single member {} {:.4}, {:+.4})",
-        e.method,
+        "{} of {} members: OOF accuracy {:.4} (best single member {} {:.4}, {:+.4})",
+        if e.method == "stacking" {
+            "stacking".to_string()
+        } else {
+            format!("{} voting", e.method)
+        },
         e.members.len(),
         e.oof_accuracy,
         e.best_member,

@@ -28,7 +28,8 @@ pub const SPEC_VERSION: u32 = 2;
 /// offers such jobs only to agents that announced at least this version.
 pub fn spec_version_for_split(split: crate::folds::Split) -> u32 {
     match split {
-        crate::folds::Split::Sweepfold => 1,
+        // Every agent, even one that announces no version at all.
+        crate::folds::Split::Sweepfold => 0,
         crate::folds::Split::Sklearn => 2,
     }
 }

@@ -195,7 +195,7 @@ fn simulate(jobs: &[Job], policy: Policy, max_jobs_per_gpu: u32, longest_first: 
                     estimate: Some(j.memory),
                     avoid_agent: None,
                     refused_by: Vec::new(),
-                    needs_spec_version: 1,
+                    needs_spec_version: 0,
                 })
                 .collect(),
             owner_usage: BTreeMap::new(),

@@ -36,7 +36,7 @@ fn snapshot(pending: usize, gpus: usize, policy: Policy) -> Snapshot {
                 estimate: Some(Bytes::from_gib(4 + (i % 5) as u64 * 3)),
                 avoid_agent: None,
                 refused_by: Vec::new(),
-                needs_spec_version: 1,
+                needs_spec_version: 0,
             })
             .collect(),
         owner_usage: BTreeMap::new(),

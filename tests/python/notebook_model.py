@@ -10,7 +10,10 @@ thumbnails per fold, and its predictions saved the ways notebooks save them:
   OUT/folds.npy         the fold of every train.csv row
   OUT/result.json       {"oof_accuracy": ...}
 
-    python3 notebook_model.py DATA_DIR OUT FOLDS SEED
+    python3 notebook_model.py DATA_DIR OUT FOLDS SEED [SIZE [MODEL]]
+
+SIZE is the thumbnail side (default 8); MODEL is logreg (default), knn or
+forest (bench/stacking-mnist.sh imports several as ensemble members).
 """
 import csv
 import json
@@ -23,6 +26,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 data, out, folds, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+size = int(sys.argv[5]) if len(sys.argv) > 5 else 8
+kind = sys.argv[6] if len(sys.argv) > 6 else "logreg"
 os.makedirs(out, exist_ok=True)
 with open(os.path.join(data, "train.csv"), newline="") as f:
     train = list(csv.DictReader(f))
@@ -34,7 +39,7 @@ classes = int(y.max()) + 1
 
 def pixels(paths):
     return np.stack(
-        [np.asarray(Image.open(p).convert("L").resize((8, 8)), dtype=np.float64).ravel() / 255.0 for p in paths]
+        [np.asarray(Image.open(p).convert("L").resize((size, size)), dtype=np.float64).ravel() / 255.0 for p in paths]
     )
 
 
@@ -55,7 +60,16 @@ test_mean = np.zeros((len(X_test), classes))
 fold_of = np.full(len(y), -1)
 skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
 for f, (tr, val) in enumerate(skf.split(X, y)):
-    model = LogisticRegression(max_iter=300).fit(X[tr], y[tr])
+    if kind == "knn":
+        from sklearn.neighbors import KNeighborsClassifier
+
+        model = KNeighborsClassifier(n_neighbors=15, weights="distance").fit(X[tr], y[tr])
+    elif kind == "forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        model = RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=2).fit(X[tr], y[tr])
+    else:
+        model = LogisticRegression(max_iter=300).fit(X[tr], y[tr])
     oof[val] = model.predict_proba(X[val])
     fold_of[val] = f
     p_test = model.predict_proba(X_test)

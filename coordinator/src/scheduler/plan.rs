@@ -237,7 +237,7 @@ mod tests {
             estimate: gib.map(Bytes::from_gib),
             avoid_agent: None,
             refused_by: Vec::new(),
-            needs_spec_version: 1,
+            needs_spec_version: 0,
         }
     }
 
@@ -466,7 +466,7 @@ mod tests {
                 estimate: gib.map(Bytes::from_gib),
                 avoid_agent: avoid.map(|a| format!("agent{a}")),
                 refused_by: Vec::new(),
-                needs_spec_version: 1,
+                needs_spec_version: 0,
             });
         (
             prop::collection::vec(device, 0..8),

@@ -15,13 +15,17 @@ What the agent gives the process (see docs/job-protocol.md):
 What it reports: JSON lines on stdout, e.g. {"event": "epoch", "epoch": 1, ...}.
 What it leaves: val_logits.npy (float32, one row per validation index, same order)
 and test_logits.npy (float32, one row per line of test.csv), then exits 0.
+Finish now: when early stopping stops the configuration, the agent creates the
+file SWEEPFOLD_FINISH_FILE names; at the end of each epoch this script looks for
+it and, once it is there, stops and leaves the outputs of its best epoch so far.
 
 Models:
   logreg  multinomial logistic regression on small greyscale thumbnails (needs Pillow)
   prior   class priors of the training rows only (no images; for fast tests)
 Test switches: --memory-gib reports simulated GPU memory; --oom-below-gib fails
 like CUDA out-of-memory while the scheduler reserved less than that; --sleep
-simulates work per epoch.
+simulates work per epoch; --ignore-finish never looks for the finish-now file
+(the agent's grace period then cancels the job).
 """
 import argparse
 import csv
@@ -35,6 +39,12 @@ import numpy as np
 
 def event(**fields):
     print(json.dumps(fields), flush=True)
+
+
+def asked_to_finish(args):
+    """True once the agent created the finish-now file (early stopping)."""
+    path = os.environ.get("SWEEPFOLD_FINISH_FILE", "")
+    return not args.ignore_finish and bool(path) and os.path.exists(path)
 
 
 def read_rows(data_dir):
@@ -73,6 +83,7 @@ def main():
     ap.add_argument("--memory-gib", type=float, default=0.0)
     ap.add_argument("--oom-below-gib", type=float, default=0.0)
     ap.add_argument("--sleep", type=float, default=0.0)
+    ap.add_argument("--ignore-finish", action="store_true")
     args = ap.parse_args()
 
     env = os.environ
@@ -109,6 +120,8 @@ def main():
             event(event="epoch", epoch=epoch, train_loss=0.0, val_loss=0.0, val_accuracy=acc,
                   lr=args.lr, images_per_second=0.0,
                   peak_gpu_memory_bytes=int(args.memory_gib * 2**30))
+            if asked_to_finish(args):
+                break
     else:
         paths = [os.path.join(data_dir, "train", p) for p, _ in train_rows]
         x_all = thumbnails(paths, args.size)
@@ -120,6 +133,7 @@ def main():
         w = rng.normal(0, 0.01, (x_train.shape[1], num_classes)).astype(np.float32)
         b = np.zeros(num_classes, dtype=np.float32)
         onehot = np.eye(num_classes, dtype=np.float32)[y_train]
+        best = (-1.0, w.copy(), b.copy())  # the best epoch's accuracy and weights
         for epoch in range(1, args.epochs + 1):
             start = time.time()
             for _ in range(20):
@@ -130,12 +144,19 @@ def main():
             time.sleep(args.sleep)
             p_train = softmax(x_train @ w + b)
             p_val = softmax(x_val @ w + b)
+            acc = float((p_val.argmax(1) == y_val).mean())
+            if acc > best[0]:
+                best = (acc, w.copy(), b.copy())
             event(event="epoch", epoch=epoch,
                   train_loss=float(-np.log(p_train[np.arange(len(y_train)), y_train] + 1e-9).mean()),
                   val_loss=float(-np.log(p_val[np.arange(len(y_val)), y_val] + 1e-9).mean()),
-                  val_accuracy=float((p_val.argmax(1) == y_val).mean()),
+                  val_accuracy=acc,
                   lr=args.lr, images_per_second=20 * len(x_train) / max(time.time() - start, 1e-6),
                   peak_gpu_memory_bytes=int(args.memory_gib * 2**30))
+            if asked_to_finish(args):
+                print(f"asked to finish now after epoch {epoch}: outputs of the best epoch", flush=True)
+                break
+        _, w, b = best
         val_logits = (x_val @ w + b).astype(np.float32)
         test_logits = (x_test @ w + b).astype(np.float32)
 

@@ -313,6 +313,10 @@ impl Agent {
                     .cancel(JobId(c.job_id), Attempt(c.attempt), &c.reason)
             }
             Some(Msg::Ack(a)) => self.jobs.ack(JobId(a.job_id), Attempt(a.attempt)),
+            Some(Msg::Finish(f)) => {
+                self.jobs
+                    .finish_now(JobId(f.job_id), Attempt(f.attempt), &f.reason)
+            }
             Some(Msg::Welcome(_)) | None => {}
         }
     }

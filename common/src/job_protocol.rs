@@ -10,6 +10,7 @@
 //! JOB_DIR/val_indices.npy     int64 rows of train.csv to validate on (the fold)
 //! JOB_DIR/output/             where the job leaves its results
 //! JOB_DIR/log.txt             the job's stdout and stderr
+//! JOB_DIR/finish-now          appears when the job should finish early (below)
 //! ```
 //!
 //! and starts the process with the environment variables below. The process
@@ -18,6 +19,15 @@
 //! and leaves `output/val_logits.npy` (float32, one row per validation index,
 //! in the order of `val_indices.npy`) and `output/test_logits.npy` (float32,
 //! one row per line of test.csv, in file order).
+//!
+//! **Finish now.** Early stopping may decide, while a job runs, that its
+//! configuration is not worth the remaining epochs. The agent then creates
+//! `JOB_DIR/finish-now` (also named by `SWEEPFOLD_FINISH_FILE`; its text
+//! says why). A job that honours it checks for the file at the end of each
+//! epoch and, once it is there, stops training, writes the outputs of its
+//! best epoch so far and exits 0 as usual. A job that ignores it is
+//! cancelled after the sweep's `finish_grace_seconds`, and its
+//! configuration keeps no outputs.
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +53,13 @@ pub fn checkpoint_dir(cache_dir: &Path, job_id: i64) -> PathBuf {
     cache_dir.join("checkpoints").join(format!("job-{job_id}"))
 }
 pub const LOG_FILE: &str = "log.txt";
+/// Created by the agent when the job should finish early (see the module's doc).
+pub const FINISH_FILE: &str = "finish-now";
+
+/// True once the agent asked the job in `job_dir` to finish now.
+pub fn finish_requested(job_dir: &Path) -> bool {
+    job_dir.join(FINISH_FILE).exists()
+}
 pub const VAL_LOGITS: &str = "val_logits.npy";
 pub const TEST_LOGITS: &str = "test_logits.npy";
 
@@ -73,6 +90,9 @@ pub mod env {
     pub const MEMORY_ESTIMATE: &str = "SWEEPFOLD_MEMORY_ESTIMATE_BYTES";
     /// Number of classes of the dataset.
     pub const NUM_CLASSES: &str = "SWEEPFOLD_NUM_CLASSES";
+    /// The file whose appearance asks the job to finish now (`FINISH_FILE`
+    /// in the job directory).
+    pub const FINISH_FILE: &str = "SWEEPFOLD_FINISH_FILE";
 }
 
 /// `job.json`.

@@ -14,6 +14,7 @@ pub mod job_state;
 pub mod npy;
 pub mod predictions;
 pub mod rng;
+pub mod search;
 pub mod settings;
 pub mod sweep;
 pub mod trainer_config;

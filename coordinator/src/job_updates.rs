@@ -44,7 +44,7 @@ impl Core {
                     }
                 }
                 Some(Update::Epoch(m)) => {
-                    self.store.check_current(job, attempt, agent)?;
+                    let current = self.store.check_current(job, attempt, agent)?;
                     crate::validate::epoch(job.0, m)?;
                     if let Some(live) = self.agents.get_mut(agent) {
                         live.health.record_healthy();
@@ -64,6 +64,12 @@ impl Core {
                             at_ms: now,
                         },
                     )?;
+                    if let Some(sweep) = self.store.get_sweep(current.sweep_id)?
+                        && sweep.early_stopping.is_some()
+                    {
+                        fx.events
+                            .extend(self.judge_rungs(&sweep, current.config_index)?);
+                    }
                 }
                 Some(Update::Finished(f)) => {
                     let current = self.store.check_current(job, attempt, agent)?;
@@ -108,6 +114,13 @@ impl Core {
                         }
                     }
                     let succeeded = matches!(outcome, Outcome::Succeeded { .. });
+                    if succeeded
+                        && let Some(sweep) = self.store.get_sweep(current.sweep_id)?
+                        && sweep.early_stopping.is_some()
+                        && self.store.metrics(job)?.is_empty()
+                    {
+                        self.note_no_epoch_metrics(sweep.id, job);
+                    }
                     let done = self.finish(job, attempt, Some(agent), outcome, now)?;
                     if succeeded && f.peak_gpu_memory_bytes > 0 {
                         let peak = Bytes(f.peak_gpu_memory_bytes);

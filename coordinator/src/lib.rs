@@ -9,7 +9,9 @@
 //!   `auth`, `certs`;
 //! - `state`: the core behind its lock and the cloneable handle;
 //! - features, each adding operations to the handle: `sweeps`, `sessions`,
-//!   `job_updates`, `scheduler` (the loop), `results`;
+//!   `job_updates`, `scheduler` (the loop), `results`, `imports`, `search`
+//!   (proposals of model-based sweeps while they run), `early_stopping`
+//!   (ASHA rungs over K folds, and finish-now requests);
 //! - `api`: the gRPC services and the conversions between domain records
 //!   and protocol messages; the only layer that names protocol types.
 //!
@@ -22,6 +24,7 @@ pub mod auth;
 pub mod blobs;
 pub mod certs;
 pub mod config;
+pub mod early_stopping;
 pub mod ensemble;
 pub mod error;
 pub mod imports;
@@ -31,6 +34,7 @@ pub mod predictions;
 pub mod report;
 pub mod results;
 pub mod scheduler;
+pub mod search;
 pub mod sessions;
 pub mod stacking;
 pub mod state;

@@ -38,6 +38,8 @@ pub struct ConfigPlan {
     pub stats: ConfigStats,
     /// Trained elsewhere and imported (`coordinator import`).
     pub imported: bool,
+    /// Early stopping stopped it at this rung epoch.
+    pub stopped_at_epoch: Option<u32>,
 }
 
 impl ConfigPlan {
@@ -156,6 +158,7 @@ pub fn plan(store: &Store, refs: &[String]) -> Result<ResultsPlan> {
                 done,
                 stats: stats.get(&c.index).copied().unwrap_or_default(),
                 imported: s.kind == "imported",
+                stopped_at_epoch: c.stopped_at_epoch,
             });
         }
     }
@@ -188,12 +191,17 @@ pub struct ConfigResult {
     pub fold_accuracies: Vec<f64>,
     /// Complete configurations only.
     pub oof_accuracy: Option<f64>,
+    /// Mean negative log-likelihood of the true class over every training
+    /// row (complete configurations only).
+    pub oof_log_loss: Option<f64>,
     pub epochs_mean: f64,
     pub gpu_seconds: f64,
     /// 1-based among complete configurations; 0 for partial ones.
     pub rank: u32,
     /// Trained elsewhere and imported.
     pub imported: bool,
+    /// Early stopping stopped it at this rung epoch.
+    pub stopped_at_epoch: Option<u32>,
 }
 
 impl ConfigResult {
@@ -294,6 +302,7 @@ pub fn load(plan: &ResultsPlan, blobs: &BlobStore, want: Want) -> Result<Loaded>
         let complete = c.complete();
         let mut fold_accuracies = Vec::new();
         let mut correct = 0usize;
+        let mut log_loss_sum = 0.0f64;
         let mut covered = vec![0u8; if complete { n_train } else { 0 }];
         let mut oof = (complete && want == Want::Members).then(|| Probs::zeros(n_train, 0));
         let mut test_parts: Vec<Vec<f32>> = Vec::new();
@@ -320,6 +329,9 @@ pub fn load(plan: &ResultsPlan, blobs: &BlobStore, want: Want) -> Result<Loaded>
                     .fold(0, |b, (j, &v)| if v > logits_row[b] { j } else { b });
                 if pred as i64 == t {
                     hits += 1;
+                }
+                if let Some(&true_logit) = usize::try_from(t).ok().and_then(|t| logits_row.get(t)) {
+                    log_loss_sum += log_sum_exp(logits_row) - f64::from(true_logit);
                 }
                 let row = row as usize;
                 if row >= n_train {
@@ -388,10 +400,12 @@ pub fn load(plan: &ResultsPlan, blobs: &BlobStore, want: Want) -> Result<Loaded>
             folds_done: c.done.len() as u32,
             fold_accuracies,
             oof_accuracy: complete.then(|| correct as f64 / n_train.max(1) as f64),
+            oof_log_loss: complete.then(|| log_loss_sum / n_train.max(1) as f64),
             epochs_mean: c.stats.epochs_mean,
             gpu_seconds: c.stats.gpu_seconds,
             rank: 0,
             imported: c.imported,
+            stopped_at_epoch: c.stopped_at_epoch,
         });
         if let Some(oof) = oof {
             let parts: Vec<&[f32]> = test_parts.iter().map(Vec::as_slice).collect();
@@ -413,6 +427,19 @@ pub fn load(plan: &ResultsPlan, blobs: &BlobStore, want: Want) -> Result<Loaded>
         classes,
         test_paths,
     })
+}
+
+/// log(sum(exp(row))) without overflow.
+fn log_sum_exp(row: &[f32]) -> f64 {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    if !m.is_finite() {
+        return m;
+    }
+    m + row
+        .iter()
+        .map(|&v| (f64::from(v) - m).exp())
+        .sum::<f64>()
+        .ln()
 }
 
 /// Ranks complete configurations by OOF accuracy (1 = best) without moving
@@ -571,10 +598,12 @@ mod tests {
             folds_done: folds.len() as u32,
             fold_accuracies: folds,
             oof_accuracy: oof,
+            oof_log_loss: None,
             epochs_mean: 0.0,
             gpu_seconds: 0.0,
             rank: 0,
             imported: false,
+            stopped_at_epoch: None,
         };
         let mut v = vec![
             r(None, vec![0.99]),

@@ -419,7 +419,10 @@ fn leaderboard_row(html: &mut String, r: &ConfigResult) {
         } else {
             "partial".into()
         },
-        esc(&r.label()),
+        match r.stopped_at_epoch {
+            Some(e) => format!("{} (stopped at epoch {e})", esc(&r.label())),
+            None => esc(&r.label()),
+        },
         esc(&params_text(&r.params_json)),
         r.oof_accuracy.map_or("-".into(), |a| format!("{a:.4}")),
         r.folds_done,

@@ -163,13 +163,22 @@ impl CoordinatorHandle {
                     None => who.name.clone(),
                 }
             };
-            let record = core.store.insert_sweep(&NewSweep {
+            let mut record = core.store.insert_sweep(&NewSweep {
                 sweep: &sweep,
                 owner: &owner,
                 source_yaml: &source_yaml,
                 file_name: &file_name,
                 now_ms: now_ms(),
             })?;
+            if sweep.file.method.incremental() {
+                // The first proposals (start-up draws), so the sweep starts
+                // at once; the search feature proposes the rest.
+                crate::search::top_up(core, record.id)?;
+                record = core
+                    .store
+                    .get_sweep(record.id)?
+                    .ok_or_else(|| Error::Internal("sweep vanished after insert".into()))?;
+            }
             tracing::info!(
                 sweep = record.id.0,
                 name = %record.name,
@@ -252,7 +261,14 @@ impl CoordinatorHandle {
                 .get_sweep(id)?
                 .ok_or_else(|| Error::SweepNotFound(reference.clone()))?;
             sweep.waiting = waiting_reason(core, &sweep);
-            Ok((sweep, core.store.configurations(id)?))
+            let mut configs = core.store.configurations(id)?;
+            if sweep.planned_configs.is_some() {
+                let view = core.store.search_view(id)?;
+                for (c, v) in configs.iter_mut().zip(&view.configs) {
+                    c.state = v.state(sweep.folds).to_string();
+                }
+            }
+            Ok((sweep, configs))
         })
         .await
     }

@@ -79,6 +79,7 @@ fn main() {
             checkpoint_dir: dir.clone(),
             resume: false,
             seed: 0,
+            finish_now: Box::new(|| false),
         },
         &mut emit,
         &|m| eprintln!("{m}"),

@@ -101,6 +101,10 @@ pub fn run_job(job: &JobFile, emit: &mut dyn FnMut(ChildEvent)) -> Result<()> {
             checkpoint_dir,
             resume: cfg.checkpoint,
             seed,
+            finish_now: {
+                let job_dir = job.job_dir.clone();
+                Box::new(move || sweepfold_common::job_protocol::finish_requested(&job_dir))
+            },
         },
         emit,
         &log,

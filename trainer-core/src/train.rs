@@ -46,6 +46,10 @@ pub struct TrainOptions {
     /// Resume from `last` in `checkpoint_dir` if it belongs to this config.
     pub resume: bool,
     pub seed: u64,
+    /// Asked at the end of each epoch: true when the job should finish now
+    /// (early stopping stopped its configuration); training ends there and
+    /// the best epoch so far gives the outputs.
+    pub finish_now: Box<dyn Fn() -> bool>,
 }
 
 pub struct FoldOutput {
@@ -426,6 +430,14 @@ pub fn train_fold(
         trainer.model.save(dir, "last")?;
         let json = serde_json::to_vec(&state).expect("state serialises");
         std::fs::write(&last_json, json).map_err(|e| Error::io(&last_json, e))?;
+        if (opts.finish_now)() {
+            log(format!(
+                "asked to finish now after epoch {}: outputs from the best epoch so far ({})",
+                epoch + 1,
+                state.progress.best_epoch
+            ));
+            break;
+        }
         if state.progress.should_stop(cfg.early_stopping_patience) {
             log(format!(
                 "early stopping after epoch {}: no improvement for {} epochs",

@@ -66,7 +66,14 @@ static TRAINING: Mutex<()> = Mutex::new(());
 
 /// Trains fold 0 of 5 (optionally on the first `limit` rows only).
 fn run(cfg: &TrainerConfig, limit: Option<usize>, checkpoint_dir: PathBuf, resume: bool) -> Run {
-    run_with(cfg, limit, checkpoint_dir, resume, &mut |_| {})
+    run_with(
+        cfg,
+        limit,
+        checkpoint_dir,
+        resume,
+        &mut |_| {},
+        Box::new(|| false),
+    )
 }
 
 /// `on_epoch` sees each epoch's report first (and may panic, like a crash).
@@ -76,6 +83,7 @@ fn run_with(
     checkpoint_dir: PathBuf,
     resume: bool,
     on_epoch: &mut dyn FnMut(u32),
+    finish_now: Box<dyn Fn() -> bool>,
 ) -> Run {
     let _serial = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     let d = &data();
@@ -114,6 +122,7 @@ fn run_with(
             checkpoint_dir,
             resume,
             seed: 7,
+            finish_now,
         },
         &mut emit,
         &|m| eprintln!("{m}"),
@@ -199,6 +208,7 @@ fn a_restarted_job_resumes_from_its_last_checkpoint() {
                     panic!("simulated crash in epoch 2");
                 }
             },
+            Box::new(|| false),
         )
     }));
     assert!(crashed.is_err());
@@ -215,4 +225,30 @@ fn a_restarted_job_resumes_from_its_last_checkpoint() {
     other.lr = 1e-3;
     let fresh = run(&other, Some(1500), dir.path().to_path_buf(), true);
     assert_eq!(fresh.epochs, vec![1, 2, 3]);
+}
+
+#[test]
+fn asked_to_finish_now_it_ends_the_epoch_and_leaves_the_best_outputs() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(AtomicU32::new(0));
+    let asked = Arc::clone(&seen);
+    let r = run_with(
+        &cfg(5),
+        Some(1500),
+        dir.path().to_path_buf(),
+        false,
+        &mut |e| seen.store(e, Ordering::SeqCst),
+        // The request arrives during epoch 2: the trainer sees it at the
+        // end of that epoch.
+        Box::new(move || asked.load(Ordering::SeqCst) >= 2),
+    );
+    assert_eq!(r.epochs, vec![1, 2], "training ended after epoch 2 of 5");
+    assert_eq!(r.out.epochs_run, 2);
+    assert!((1..=2).contains(&r.out.best_epoch));
+    let best = r.accuracies[r.out.best_epoch as usize - 1];
+    assert!((r.out.best_accuracy - best).abs() < 1e-12);
+    assert_eq!(r.out.val_logits.size()[1], 10);
+    assert!(r.out.test_logits.size()[0] > 0);
 }

@@ -366,6 +366,41 @@ impl JobManager {
         }
     }
 
+    /// Asks a running attempt to finish now: creates `finish-now` in its
+    /// job directory (the job protocol's request; idempotent). The
+    /// coordinator cancels the job if it does not end in time.
+    pub fn finish_now(&self, job: JobId, attempt: Attempt, reason: &str) {
+        let running = self
+            .state()
+            .running
+            .get(&job)
+            .is_some_and(|r| r.attempt == attempt);
+        if !running {
+            tracing::debug!(
+                job = job.0,
+                attempt = attempt.0,
+                "finish request for a job not running here"
+            );
+            return;
+        }
+        let file = retention::job_dir(&self.cfg.work_dir, job, attempt)
+            .join(sweepfold_common::job_protocol::FINISH_FILE);
+        if file.exists() {
+            return;
+        }
+        match std::fs::write(&file, format!("{reason}\n")) {
+            Ok(()) => tracing::info!(
+                job = job.0,
+                attempt = attempt.0,
+                reason,
+                "asked the job to finish now"
+            ),
+            Err(e) => {
+                tracing::warn!(job = job.0, attempt = attempt.0, error = %e, file = %file.display(), "cannot ask the job to finish now")
+            }
+        }
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }

@@ -167,6 +167,10 @@ impl JobManager {
             (env::JOB_DIR.to_string(), job_dir.display().to_string()),
             (env::JOB_FILE.to_string(), job_json.display().to_string()),
             (
+                env::FINISH_FILE.to_string(),
+                job_dir.join(proto::FINISH_FILE).display().to_string(),
+            ),
+            (
                 env::OUTPUT_DIR.to_string(),
                 output_dir.display().to_string(),
             ),

@@ -14,7 +14,7 @@ use crate::rng::Rng;
 /// Configurations the file expands to, without materialising them.
 pub fn configuration_count(f: &SweepFile) -> u64 {
     match f.method {
-        Method::Random => u64::from(f.count.unwrap_or(0)),
+        Method::Random | Method::Tpe => u64::from(f.count.unwrap_or(0)),
         Method::Grid => f.parameters.values().fold(1u64, |acc, s| {
             let n = s.values.as_ref().map_or(1, |v| v.len() as u64);
             acc.saturating_mul(n)
@@ -51,7 +51,7 @@ pub fn expanded_bytes(f: &SweepFile) -> u64 {
             match f.method {
                 // Every value appears in count / n configurations.
                 Method::Grid => (count / n).saturating_mul(sizes.iter().sum::<u64>() + n * each),
-                Method::Random => {
+                Method::Random | Method::Tpe => {
                     count.saturating_mul(sizes.iter().copied().max().unwrap_or(0) + each)
                 }
             }
@@ -68,40 +68,54 @@ pub(super) fn expand(f: &SweepFile, p: &mut Problems) -> Vec<Configuration> {
     let param_sets: Vec<Map<String, Value>> = match f.method {
         Method::Grid => grid(&f.parameters),
         Method::Random => random(&f.parameters, f.count.unwrap_or(0), f.seed.unwrap_or(0)),
+        // Proposed one by one while the sweep runs.
+        Method::Tpe => Vec::new(),
     };
     let mut out = Vec::with_capacity(param_sets.len());
     for (index, params) in param_sets.into_iter().enumerate() {
-        let spec = match (&f.trainer, &f.command) {
-            (Some(trainer), _) => {
-                let mut merged = Value::Object(trainer.clone());
-                for (k, v) in &params {
-                    set_dotted(&mut merged, k, v.clone());
-                }
-                match resolve_trainer(&merged) {
-                    Ok(cfg) => JobSpec::Trainer(Box::new(cfg)),
-                    Err((path, msg)) => {
-                        p.add(
-                            "parameters",
-                            format!(
-                                "configuration {index} ({}) is invalid: {}: {msg}",
-                                Value::Object(params.clone()),
-                                join_path("trainer", &path)
-                            ),
-                        );
-                        return out;
-                    }
-                }
+        match configuration(f, index as u32, params) {
+            Ok(c) => out.push(c),
+            Err(message) => {
+                p.add("parameters", message);
+                return out;
             }
-            (None, Some(cmd)) => JobSpec::Command(cmd.clone()),
-            (None, None) => unreachable!("validated: trainer or command"),
-        };
-        out.push(Configuration {
-            index: index as u32,
-            params,
-            spec,
-        });
+        }
     }
     out
+}
+
+/// One configuration of the file: `params` applied to its job template.
+/// The error says which configuration and which key is invalid.
+pub fn configuration(
+    f: &SweepFile,
+    index: u32,
+    params: Map<String, Value>,
+) -> Result<Configuration, String> {
+    let spec = match (&f.trainer, &f.command) {
+        (Some(trainer), _) => {
+            let mut merged = Value::Object(trainer.clone());
+            for (k, v) in &params {
+                set_dotted(&mut merged, k, v.clone());
+            }
+            match resolve_trainer(&merged) {
+                Ok(cfg) => JobSpec::Trainer(Box::new(cfg)),
+                Err((path, msg)) => {
+                    return Err(format!(
+                        "configuration {index} ({}) is invalid: {}: {msg}",
+                        Value::Object(params.clone()),
+                        join_path("trainer", &path)
+                    ));
+                }
+            }
+        }
+        (None, Some(cmd)) => JobSpec::Command(cmd.clone()),
+        (None, None) => unreachable!("validated: trainer or command"),
+    };
+    Ok(Configuration {
+        index,
+        params,
+        spec,
+    })
 }
 
 /// Cartesian product in file order; the last parameter varies fastest.

@@ -1,7 +1,8 @@
 //! Sweep files: the file's types (here), parsing (`parse.rs`), validation
 //! (`validate.rs`) and expansion into configurations (`expand.rs`).
 //!
-//! A sweep is a search space (`parameters`, by `grid` or `random` search)
+//! A sweep is a search space (`parameters`, by `grid`, `random` or
+//! model-based `tpe` search)
 //! over a job template (`trainer:` for the built-in trainer or `command:` for
 //! a user script) crossed with K stratified folds. One configuration is one
 //! point of the space; a job is one (configuration, fold) pair.
@@ -21,6 +22,7 @@ use serde_json::{Map, Value};
 
 pub use crate::contract::{EnsembleMethod, JobSpec};
 use crate::folds::Split;
+use crate::search::{Dimension, Goal, Space};
 use crate::units::Bytes;
 use crate::yaml_lines::KeyLines;
 
@@ -28,9 +30,9 @@ mod expand;
 mod parse;
 mod validate;
 
-pub use expand::{configuration_count, expanded_bytes};
+pub use expand::{configuration, configuration_count, expanded_bytes};
 pub use parse::parse_sweep;
-pub use validate::{fill_placeholders, placeholders, resolve_trainer, valid_name};
+pub use validate::{fill_placeholders, most_epochs, placeholders, resolve_trainer, valid_name};
 
 /// Default cap on the jobs (configurations x folds) one sweep may expand to.
 pub const DEFAULT_MAX_JOBS: u64 = 10_000;
@@ -51,6 +53,10 @@ pub const MAX_EXPANDED_BYTES: u64 = 64 << 20;
 pub enum Method {
     Grid,
     Random,
+    /// Model-based: configurations proposed one by one by a
+    /// Tree-structured Parzen Estimator from the results so far (see
+    /// [`crate::search`]).
+    Tpe,
 }
 
 impl Method {
@@ -58,7 +64,74 @@ impl Method {
         match self {
             Method::Grid => "grid",
             Method::Random => "random",
+            Method::Tpe => "tpe",
         }
+    }
+
+    /// True when the configurations are proposed while the sweep runs
+    /// instead of all at submission.
+    pub fn incremental(self) -> bool {
+        self == Method::Tpe
+    }
+}
+
+/// What a `tpe` sweep optimises: a configuration's score over its K folds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectiveMetric {
+    /// Accuracy of the out-of-fold predictions of every training row.
+    OofAccuracy,
+    /// Mean negative log-likelihood of the out-of-fold predictions.
+    OofLogLoss,
+}
+
+impl ObjectiveMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectiveMetric::OofAccuracy => "oof_accuracy",
+            ObjectiveMetric::OofLogLoss => "oof_log_loss",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ObjectiveMetric> {
+        match s {
+            "oof_accuracy" => Some(ObjectiveMetric::OofAccuracy),
+            "oof_log_loss" => Some(ObjectiveMetric::OofLogLoss),
+            _ => None,
+        }
+    }
+
+    /// The goal when the file names none.
+    pub fn natural_goal(self) -> Goal {
+        match self {
+            ObjectiveMetric::OofAccuracy => Goal::Maximize,
+            ObjectiveMetric::OofLogLoss => Goal::Minimize,
+        }
+    }
+}
+
+/// `objective:` of a `tpe` sweep; out-of-fold accuracy, maximised, when
+/// absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Objective {
+    pub metric: ObjectiveMetric,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal: Option<Goal>,
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Objective {
+            metric: ObjectiveMetric::OofAccuracy,
+            goal: None,
+        }
+    }
+}
+
+impl Objective {
+    pub fn goal(&self) -> Goal {
+        self.goal.unwrap_or(self.metric.natural_goal())
     }
 }
 
@@ -101,6 +174,117 @@ pub struct EnsembleSpec {
     pub method: EnsembleMethod,
 }
 
+/// `early_stopping:`: asynchronous successive halving over configurations,
+/// each judged on the mean of its K folds at each rung (see
+/// [`crate::search::asha`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    pub method: EarlyStoppingMethod,
+    /// The first rung, in epochs.
+    #[serde(default = "default_grace_epochs")]
+    pub grace_epochs: u32,
+    /// Rungs stand this many times apart; 1/factor of the configurations
+    /// go on at each.
+    #[serde(default = "default_reduction_factor")]
+    pub reduction_factor: u32,
+    /// The epoch metric a rung compares.
+    #[serde(default = "default_rung_metric")]
+    pub metric: RungMetric,
+    /// `command:` sweeps: the epochs a job runs (the trainer's `epochs`
+    /// otherwise), so that rungs past it are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_epochs: Option<u32>,
+    /// How long a stopped job may take to finish its epoch and leave its
+    /// best epoch's outputs before it is cancelled.
+    #[serde(default = "default_finish_grace_seconds")]
+    pub finish_grace_seconds: u32,
+}
+
+impl EarlyStopping {
+    pub fn asha(&self) -> crate::search::asha::AshaSettings {
+        crate::search::asha::AshaSettings {
+            grace_epochs: self.grace_epochs,
+            reduction_factor: self.reduction_factor,
+        }
+    }
+
+    /// How `coordinator sweep` describes it, e.g. "asha on mean fold
+    /// val_accuracy, rungs at epochs 2, 6, 1/3 go on".
+    pub fn describe(&self, max_epochs: Option<u32>) -> String {
+        let rungs = match max_epochs {
+            Some(e) => self
+                .asha()
+                .rungs(e)
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            None => {
+                let first: Vec<String> = self
+                    .asha()
+                    .rungs(u32::MAX)
+                    .iter()
+                    .take(4)
+                    .map(u32::to_string)
+                    .collect();
+                format!("{}, ... below the last", first.join(", "))
+            }
+        };
+        format!(
+            "asha on mean fold {}, rungs at epochs {rungs}, 1/{} go on",
+            self.metric.as_str(),
+            self.reduction_factor
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EarlyStoppingMethod {
+    Asha,
+}
+
+/// The epoch metrics a rung can compare (what a job reports each epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RungMetric {
+    ValAccuracy,
+    ValLoss,
+}
+
+impl RungMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RungMetric::ValAccuracy => "val_accuracy",
+            RungMetric::ValLoss => "val_loss",
+        }
+    }
+
+    pub fn goal(self) -> Goal {
+        match self {
+            RungMetric::ValAccuracy => Goal::Maximize,
+            RungMetric::ValLoss => Goal::Minimize,
+        }
+    }
+}
+
+fn default_grace_epochs() -> u32 {
+    1
+}
+
+fn default_reduction_factor() -> u32 {
+    3
+}
+
+fn default_rung_metric() -> RungMetric {
+    RungMetric::ValAccuracy
+}
+
+fn default_finish_grace_seconds() -> u32 {
+    600
+}
+
 /// One entry of `parameters:` as written. Exactly one of `value`, `values`
 /// or `distribution` (with `min` and `max`) must be given.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -133,6 +317,13 @@ pub struct SweepFile {
     pub count: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// `tpe`: configurations in flight at once (default: as many as the
+    /// connected devices can run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<u32>,
+    /// `tpe`: what to optimise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<Objective>,
     pub kfold: KFold,
     pub dataset: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,6 +338,9 @@ pub struct SweepFile {
     pub retries: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<EnsembleSpec>,
+    /// Stops hopeless configurations early (any method).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
 }
 
 fn default_method() -> Method {
@@ -190,10 +384,60 @@ impl Sweep {
         }
     }
 
-    /// Seed of a random search (0 when the file gives none).
+    /// Seed of a random or tpe search (0 when the file gives none).
     pub fn search_seed(&self) -> u64 {
         self.file.seed.unwrap_or(0)
     }
+
+    /// The configurations the sweep will have in all: every one for grid
+    /// and random, `count` for tpe (proposed as results come in).
+    pub fn planned_configurations(&self) -> u64 {
+        configuration_count(&self.file)
+    }
+
+    /// The search space of `parameters:`.
+    pub fn space(&self) -> Space {
+        space_of(&self.file.parameters)
+    }
+}
+
+/// The search space of a file's `parameters:` (already validated: each
+/// entry has exactly one of value, values or a distribution).
+pub fn space_of(params: &IndexMap<String, ParamSpec>) -> Space {
+    let dims = params
+        .iter()
+        .map(|(name, s)| {
+            let dim = if let Some(v) = &s.value {
+                Dimension::Fixed(v.clone())
+            } else if let Some(vs) = &s.values {
+                if vs.len() == 1 {
+                    Dimension::Fixed(vs[0].clone())
+                } else {
+                    Dimension::Categorical(vs.clone())
+                }
+            } else {
+                let (low, high) = (s.min.unwrap_or(0.0), s.max.unwrap_or(0.0));
+                match s.distribution {
+                    Some(Distribution::LogUniform) => Dimension::Float {
+                        low,
+                        high,
+                        log: true,
+                    },
+                    Some(Distribution::IntUniform) => Dimension::Int {
+                        low: low as i64,
+                        high: high as i64,
+                    },
+                    _ => Dimension::Float {
+                        low,
+                        high,
+                        log: false,
+                    },
+                }
+            };
+            (name.clone(), dim)
+        })
+        .collect();
+    Space { dims }
 }
 
 /// Limits applied while validating.

@@ -54,12 +54,12 @@ pub fn parse_sweep(src: &str, file: &str, limits: Limits) -> Result<Sweep, Sweep
     if jobs > limits.max_jobs {
         let what = match parsed.method {
             Method::Grid => "grid",
-            Method::Random => "count",
+            Method::Random | Method::Tpe => "count",
         };
         problems.add(
             match parsed.method {
                 Method::Grid => "parameters",
-                Method::Random => "count",
+                Method::Random | Method::Tpe => "count",
             },
             format!(
                 "this sweep expands to {jobs} jobs ({count} configurations x {} folds), more than the limit of {}; shrink the {what} or raise the coordinator's max_jobs_per_sweep",

@@ -359,3 +359,40 @@ fn kfold_split_sklearn_is_parsed_and_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn a_tpe_sweep_plans_count_configurations_and_proposes_them_later() {
+    let src = r#"name: tpe-lr
+method: tpe
+count: 20
+parallel: 3
+seed: 5
+objective: {metric: oof_log_loss}
+kfold: {folds: 3}
+dataset: sketch
+trainer: {model: resnet50, epochs: 4}
+parameters:
+  lr: {distribution: log_uniform, min: 1.0e-4, max: 1.0e-1}
+  epochs: {distribution: int_uniform, min: 2, max: 6}
+  optimizer: {values: [sgd, adamw]}
+  label_smoothing: {value: 0.1}
+"#;
+    let s = parse(src).unwrap();
+    assert!(s.configurations.is_empty());
+    assert_eq!(s.planned_configurations(), 20);
+    assert_eq!(s.search_seed(), 5);
+    let objective = s.file.objective.unwrap();
+    assert_eq!(objective.goal(), crate::search::Goal::Minimize);
+    let space = s.space();
+    assert!(space.searchable());
+    assert_eq!(space.dims.len(), 4);
+    // A proposal becomes a configuration like any expanded one.
+    let params = crate::search::startup_draw(&space, 5, 0);
+    let c = configuration(&s.file, 0, params.clone()).unwrap();
+    assert_eq!(c.params, params);
+    let JobSpec::Trainer(cfg) = &c.spec else {
+        panic!("a trainer sweep")
+    };
+    assert_eq!(Value::from(cfg.lr), params["lr"]);
+    assert_eq!(cfg.label_smoothing, 0.1);
+}

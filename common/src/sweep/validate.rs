@@ -4,8 +4,8 @@
 use serde_json::{Map, Value};
 
 use super::{
-    Distribution, Method, ParamSpec, Problems, SweepFile, join_path, refine_serde_message,
-    set_dotted,
+    Distribution, EarlyStopping, Method, ParamSpec, Problems, SweepFile, join_path,
+    refine_serde_message, set_dotted,
 };
 use crate::contract::Placeholder;
 use crate::trainer_config::TrainerConfig;
@@ -75,24 +75,71 @@ pub(super) fn validate_file(f: &SweepFile, p: &mut Problems) {
         p.add("resources.gpu_memory", "must be more than 0");
     }
     match f.method {
-        Method::Random => match f.count {
+        Method::Random | Method::Tpe => match f.count {
             None => p.add(
                 "count",
-                "a random sweep needs `count`: the number of configurations to sample",
+                format!(
+                    "a {} sweep needs `count`: the number of configurations to {}",
+                    f.method.as_str(),
+                    if f.method == Method::Tpe {
+                        "try in all"
+                    } else {
+                        "sample"
+                    }
+                ),
             ),
             Some(0) => p.add("count", "must be at least 1"),
             Some(_) => {}
         },
         Method::Grid => {
             if f.count.is_some() {
-                p.add("count", "only applies to `method: random`");
+                p.add("count", "only applies to `method: random` or `method: tpe`");
             }
             if f.seed.is_some() {
                 p.add(
                     "seed",
-                    "only applies to `method: random` (the fold seed is kfold.seed)",
+                    "only applies to `method: random` or `method: tpe` (the fold seed is kfold.seed)",
                 );
             }
+        }
+    }
+    if f.method == Method::Tpe {
+        if f.parallel == Some(0) {
+            p.add(
+                "parallel",
+                "must be at least 1 (configurations in flight at once); leave it out to run as many as the connected devices can",
+            );
+        }
+        if let Some(o) = &f.objective
+            && let Some(goal) = o.goal
+            && goal != o.metric.natural_goal()
+        {
+            p.add(
+                "objective.goal",
+                format!(
+                    "`{}` is to {}, not to {}",
+                    o.metric.as_str(),
+                    o.metric.natural_goal().as_str(),
+                    goal.as_str()
+                ),
+            );
+        }
+        let space = super::space_of(&f.parameters);
+        if !space.searchable() {
+            p.add(
+                "parameters",
+                "a tpe sweep needs at least one searchable parameter (`values` with two or more entries, or a `distribution`)",
+            );
+        }
+    } else {
+        if f.parallel.is_some() {
+            p.add("parallel", "only applies to `method: tpe`");
+        }
+        if f.objective.is_some() {
+            p.add(
+                "objective",
+                "only applies to `method: tpe` (grid and random sweeps are ranked on out-of-fold accuracy)",
+            );
         }
     }
     match (&f.trainer, &f.command) {
@@ -111,6 +158,78 @@ pub(super) fn validate_file(f: &SweepFile, p: &mut Problems) {
         && p.list.is_empty()
     {
         validate_trainer(trainer, f, p);
+    }
+    if let Some(es) = &f.early_stopping
+        && p.list.is_empty()
+    {
+        validate_early_stopping(es, f, p);
+    }
+}
+
+/// `early_stopping:`: a factor of at least 2, a grace period of at least
+/// one epoch, and a first rung that some configuration reaches before its
+/// last epoch.
+fn validate_early_stopping(es: &EarlyStopping, f: &SweepFile, p: &mut Problems) {
+    if es.reduction_factor < 2 {
+        p.add(
+            "early_stopping.reduction_factor",
+            format!(
+                "must be at least 2 (1/factor of the configurations go on at each rung), got {}",
+                es.reduction_factor
+            ),
+        );
+    }
+    if es.grace_epochs == 0 {
+        p.add("early_stopping.grace_epochs", "must be at least 1 epoch");
+    }
+    if es.finish_grace_seconds == 0 {
+        p.add(
+            "early_stopping.finish_grace_seconds",
+            "must be at least 1 second (the time a stopped job has to leave its outputs)",
+        );
+    }
+    if f.trainer.is_some() && es.max_epochs.is_some() {
+        p.add(
+            "early_stopping.max_epochs",
+            "only applies to `command:` sweeps (a trainer sweep's jobs run `trainer.epochs`)",
+        );
+        return;
+    }
+    let (most, source) = match (es.max_epochs, &f.trainer) {
+        (Some(e), _) => (e, "early_stopping.max_epochs"),
+        (None, Some(_)) => (most_epochs(f), "the trainer's epochs"),
+        (None, None) => return,
+    };
+    if es.grace_epochs >= most {
+        p.add(
+            "early_stopping.grace_epochs",
+            format!(
+                "the first rung is at epoch {}, but jobs run at most {most} epochs ({source}): no configuration could be stopped; lower grace_epochs",
+                es.grace_epochs
+            ),
+        );
+    }
+}
+
+/// The most epochs any configuration of a trainer sweep runs (its
+/// `trainer.epochs`, or the largest an `epochs` parameter allows).
+pub fn most_epochs(f: &SweepFile) -> u32 {
+    let base = f
+        .trainer
+        .as_ref()
+        .and_then(|t| resolve_trainer(&Value::Object(t.clone())).ok())
+        .map_or(TrainerConfig::default().epochs, |c| c.epochs);
+    let Some(spec) = f.parameters.get("epochs") else {
+        return base;
+    };
+    let as_u32 = |v: &Value| v.as_u64().map(|e| e.min(u64::from(u32::MAX)) as u32);
+    if let Some(v) = &spec.value {
+        as_u32(v).unwrap_or(base)
+    } else if let Some(vs) = &spec.values {
+        vs.iter().filter_map(as_u32).max().unwrap_or(base)
+    } else {
+        spec.max
+            .map_or(base, |m| m.clamp(0.0, f64::from(u32::MAX)) as u32)
     }
 }
 
@@ -237,7 +356,7 @@ fn validate_param(name: &str, s: &ParamSpec, method: Method, p: &mut Problems) {
         if method == Method::Grid {
             p.add(
                 format!("{path}.distribution"),
-                "distributions need `method: random` (a grid takes `value` or `values`)",
+                "distributions need `method: random` or `method: tpe` (a grid takes `value` or `values`)",
             );
         }
         let (Some(min), Some(max)) = (s.min, s.max) else {

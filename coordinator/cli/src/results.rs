@@ -33,6 +33,7 @@ pub async fn leaderboard(
                     "fold_accuracy_mean": e.fold_accuracy_mean, "fold_accuracy_std": e.fold_accuracy_std,
                     "epochs_mean": e.epochs_mean, "gpu_seconds": e.gpu_seconds,
                     "imported": e.imported,
+                    "stopped_at_epoch": (e.stopped_at_epoch > 0).then_some(e.stopped_at_epoch),
                 })
             })
             .collect();
@@ -64,6 +65,11 @@ pub async fn leaderboard(
             },
             if e.imported {
                 format!("{}:{} (imported)", e.sweep_name, e.config_index)
+            } else if e.stopped_at_epoch > 0 {
+                format!(
+                    "{}:{} (stopped at epoch {})",
+                    e.sweep_name, e.config_index, e.stopped_at_epoch
+                )
             } else {
                 format!("{}:{}", e.sweep_name, e.config_index)
             },

@@ -9,7 +9,8 @@ use anyhow::{Context, anyhow};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sweepfold_common::Bytes;
-use sweepfold_common::sweep::{Limits, MAX_FILE_BYTES, Sweep, parse_sweep};
+use sweepfold_common::search::{TpeSettings, startup_draw};
+use sweepfold_common::sweep::{Limits, MAX_FILE_BYTES, Sweep, most_epochs, parse_sweep};
 use sweepfold_proto::v1 as pb;
 
 use crate::output::*;
@@ -38,6 +39,15 @@ pub struct SweepJson {
     /// Why its queued jobs wait when no connected agent could run them.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub waiting: String,
+    /// A tpe sweep's configurations in all (proposed while it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub planned_configurations: Option<u32>,
+    /// A tpe sweep's objective, e.g. "maximize oof_accuracy".
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub objective: String,
+    /// The sweep's early stopping, described; empty without one.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub early_stopping: String,
 }
 
 impl From<&pb::Sweep> for SweepJson {
@@ -54,6 +64,10 @@ impl From<&pb::Sweep> for SweepJson {
             folds: s.folds,
             fold_seed: s.fold_seed,
             configurations: s.configurations,
+            planned_configurations: (s.planned_configurations > 0)
+                .then_some(s.planned_configurations),
+            objective: s.objective.clone(),
+            early_stopping: s.early_stopping.clone(),
             jobs: s.jobs_total,
             state: s.state.clone(),
             counts: HashMap::from([
@@ -103,9 +117,23 @@ pub fn read_sweep_file(path: &Path, limits: Limits) -> anyhow::Result<(String, S
     Ok((text, name, sweep))
 }
 
+/// The sweep's early stopping with its rungs, if it has one.
+fn early_stopping_text(sweep: &Sweep) -> Option<String> {
+    let f = &sweep.file;
+    let es = f.early_stopping?;
+    let most = match &f.trainer {
+        Some(_) => Some(most_epochs(f)),
+        None => es.max_epochs,
+    };
+    Some(es.describe(most))
+}
+
 /// `submit --dry-run`: the expansion, without contacting anything.
 pub fn print_dry_run(sweep: &Sweep, json: bool) -> anyhow::Result<()> {
     let f = &sweep.file;
+    if f.method.incremental() {
+        return print_search_dry_run(sweep, json);
+    }
     if json {
         #[derive(Serialize)]
         struct Job<'a> {
@@ -132,6 +160,7 @@ pub fn print_dry_run(sweep: &Sweep, json: bool) -> anyhow::Result<()> {
             "folds": f.kfold.folds,
             "configurations": sweep.configurations,
             "jobs": jobs,
+            "early_stopping": early_stopping_text(sweep),
         }));
     }
     outln!(
@@ -144,6 +173,9 @@ pub fn print_dry_run(sweep: &Sweep, json: bool) -> anyhow::Result<()> {
         f.kfold.folds,
         sweep.num_jobs()
     );
+    if let Some(es) = early_stopping_text(sweep) {
+        outln!("early stopping: {es}");
+    }
     let mut t = Table::new(vec!["CONFIG", "FOLDS", "PARAMETERS"]);
     for c in &sweep.configurations {
         t.row(vec![
@@ -151,6 +183,79 @@ pub fn print_dry_run(sweep: &Sweep, json: bool) -> anyhow::Result<()> {
             format!("0-{}", f.kfold.folds - 1),
             params_map_inline(&c.params),
         ]);
+    }
+    out!("{}", t.render());
+    outln!("(dry run: nothing was submitted)");
+    Ok(())
+}
+
+/// `submit --dry-run` of a tpe sweep: the search space and the start-up
+/// draws (the first proposals, which depend on the seed alone).
+fn print_search_dry_run(sweep: &Sweep, json: bool) -> anyhow::Result<()> {
+    let f = &sweep.file;
+    let space = sweep.space();
+    let settings = TpeSettings::default();
+    let count = sweep.planned_configurations() as u32;
+    let startup = count.min(settings.n_startup_trials as u32);
+    let draws: Vec<Map<String, Value>> = (0..startup)
+        .map(|i| startup_draw(&space, sweep.search_seed(), i))
+        .collect();
+    let objective = f.objective.unwrap_or_default();
+    if json {
+        let dims: Map<String, Value> = space
+            .dims
+            .iter()
+            .map(|(k, d)| (k.clone(), Value::from(d.describe())))
+            .collect();
+        return print_json(&serde_json::json!({
+            "name": f.name,
+            "method": f.method.as_str(),
+            "kind": sweep.kind(),
+            "dataset": f.dataset,
+            "folds": f.kfold.folds,
+            "count": count,
+            "parallel": f.parallel,
+            "seed": sweep.search_seed(),
+            "objective": {"metric": objective.metric.as_str(), "goal": objective.goal().as_str()},
+            "space": dims,
+            "startup_draws": draws,
+            "early_stopping": early_stopping_text(sweep),
+        }));
+    }
+    outln!(
+        "sweep {} (tpe, {} jobs, dataset {}): {} configurations x {} folds = {} jobs at most, {}",
+        f.name,
+        sweep.kind(),
+        f.dataset,
+        count,
+        f.kfold.folds,
+        u64::from(count) * u64::from(f.kfold.folds),
+        match f.parallel {
+            Some(p) => format!("{p} in flight"),
+            None => "as many in flight as the connected devices run".to_string(),
+        }
+    );
+    outln!(
+        "objective: {} {} (seed {})",
+        objective.goal().as_str(),
+        objective.metric.as_str(),
+        sweep.search_seed()
+    );
+    if let Some(es) = early_stopping_text(sweep) {
+        outln!("early stopping: {es}");
+    }
+    let mut t = Table::new(vec!["PARAMETER", "SEARCH SPACE"]);
+    for (name, dim) in &space.dims {
+        t.row(vec![name.clone(), dim.describe()]);
+    }
+    out!("{}", t.render());
+    outln!(
+        "start-up draws (random, before {} configurations complete; the model proposes the rest from their results):",
+        settings.n_startup_trials
+    );
+    let mut t = Table::new(vec!["CONFIG", "PARAMETERS"]);
+    for (i, d) in draws.iter().enumerate() {
+        t.row(vec![i.to_string(), params_map_inline(d)]);
     }
     out!("{}", t.render());
     outln!("(dry run: nothing was submitted)");
@@ -177,6 +282,17 @@ pub async fn submit(
         .ok_or_else(|| anyhow!("the coordinator answered without a sweep"))?;
     if json {
         print_json(&SweepJson::from(&sweep))?;
+    } else if sweep.planned_configurations > 0 {
+        outln!(
+            "submitted sweep {} ({}): tpe search of {} configurations x {} folds ({}); the first {} proposed, {} jobs queued",
+            sweep.id,
+            sweep.name,
+            sweep.planned_configurations,
+            sweep.folds,
+            sweep.objective,
+            sweep.configurations,
+            sweep.jobs_total
+        );
     } else {
         outln!(
             "submitted sweep {} ({}): {} configurations x {} folds = {} jobs queued",
@@ -268,11 +384,20 @@ pub async fn sweep(client: &mut Client, reference: String, json: bool) -> anyhow
             .configurations
             .iter()
             .map(|c| {
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "index": c.index,
                     "params": params_value(&c.params_json),
                     "spec": params_value(&c.spec_json),
-                })
+                });
+                if !c.origin.is_empty() {
+                    v["origin"] = Value::from(c.origin.clone());
+                    v["state"] = Value::from(c.state.clone());
+                    v["objective"] = c.objective.map_or(Value::Null, Value::from);
+                }
+                if c.stopped_at_epoch > 0 {
+                    v["stopped_at_epoch"] = Value::from(c.stopped_at_epoch);
+                }
+                v
             })
             .collect();
         return print_json(&serde_json::json!({
@@ -312,6 +437,57 @@ pub async fn sweep(client: &mut Client, reference: String, json: bool) -> anyhow
     }
     if !s.waiting_reason.is_empty() {
         outln!("  waiting: {}", s.waiting_reason);
+    }
+    if !s.early_stopping.is_empty() {
+        let stopped = r
+            .configurations
+            .iter()
+            .filter(|c| c.stopped_at_epoch > 0)
+            .count();
+        outln!(
+            "  early stopping: {}; {stopped} configurations stopped so far",
+            s.early_stopping
+        );
+    }
+    let stopped_or = |cfg: &pb::Configuration, otherwise: String| {
+        if cfg.stopped_at_epoch > 0 {
+            format!("stopped at epoch {}", cfg.stopped_at_epoch)
+        } else {
+            otherwise
+        }
+    };
+    if s.planned_configurations > 0 {
+        outln!(
+            "  tpe search: {} of {} configurations proposed; objective: {}",
+            s.configurations,
+            s.planned_configurations,
+            s.objective
+        );
+        let mut t = Table::new(vec!["CONFIG", "ORIGIN", "STATE", "OBJECTIVE", "PARAMETERS"]);
+        for cfg in &r.configurations {
+            t.row(vec![
+                cfg.index.to_string(),
+                cfg.origin.clone(),
+                stopped_or(cfg, cfg.state.clone()),
+                cfg.objective
+                    .map_or_else(|| "-".to_string(), |v| format!("{v:.4}")),
+                params_inline(&cfg.params_json),
+            ]);
+        }
+        out!("{}", t.render());
+        return Ok(());
+    }
+    if !s.early_stopping.is_empty() {
+        let mut t = Table::new(vec!["CONFIG", "STOPPED", "PARAMETERS"]);
+        for cfg in &r.configurations {
+            t.row(vec![
+                cfg.index.to_string(),
+                stopped_or(cfg, "-".into()),
+                params_inline(&cfg.params_json),
+            ]);
+        }
+        out!("{}", t.render());
+        return Ok(());
     }
     let mut t = Table::new(vec!["CONFIG", "PARAMETERS"]);
     for cfg in &r.configurations {

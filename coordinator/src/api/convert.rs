@@ -64,6 +64,12 @@ pub fn sweep(s: &SweepRecord) -> pb::Sweep {
             .map(|e| e.submission_path.clone())
             .unwrap_or_default(),
         waiting_reason: s.waiting.clone().unwrap_or_default(),
+        planned_configurations: s.planned_configs.unwrap_or(0),
+        objective: s.objective.clone().unwrap_or_default(),
+        early_stopping: s
+            .early_stopping
+            .map(|es| es.describe(es.max_epochs))
+            .unwrap_or_default(),
     }
 }
 
@@ -84,6 +90,7 @@ pub fn leaderboard_entry(r: &ConfigResult) -> pb::LeaderboardEntry {
         epochs_mean: r.epochs_mean,
         gpu_seconds: r.gpu_seconds,
         imported: r.imported,
+        stopped_at_epoch: r.stopped_at_epoch.unwrap_or(0),
     }
 }
 
@@ -121,6 +128,10 @@ pub fn configuration(c: &ConfigRecord) -> pb::Configuration {
         index: c.index,
         params_json: c.params_json.clone(),
         spec_json: c.spec_json.clone(),
+        origin: c.origin.clone(),
+        objective: c.objective,
+        state: c.state.clone(),
+        stopped_at_epoch: c.stopped_at_epoch.unwrap_or(0),
     }
 }
 
@@ -213,6 +224,15 @@ pub fn to_agent(m: ToAgent) -> pb::CoordinatorMessage {
             attempt,
             reason,
         } => Msg::Cancel(pb::CancelJob {
+            job_id: job.0,
+            attempt: attempt.0,
+            reason,
+        }),
+        ToAgent::Finish {
+            job,
+            attempt,
+            reason,
+        } => Msg::Finish(pb::FinishJob {
             job_id: job.0,
             attempt: attempt.0,
             reason,

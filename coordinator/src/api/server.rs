@@ -58,6 +58,8 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     handle.start_scheduler();
     crate::results::start(&handle);
+    crate::search::start(&handle);
+    crate::early_stopping::start(&handle);
 
     let token = handle.shutdown_token();
     let shutdown = async move {

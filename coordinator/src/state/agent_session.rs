@@ -35,6 +35,13 @@ pub enum ToAgent {
         attempt: Attempt,
         reason: String,
     },
+    /// Early stopping stopped the attempt's configuration: end the epoch,
+    /// leave the best epoch's outputs, exit.
+    Finish {
+        job: JobId,
+        attempt: Attempt,
+        reason: String,
+    },
     /// The `finished` update of this attempt is processed durably.
     Ack {
         job: JobId,

@@ -13,7 +13,7 @@ mod agent_session;
 
 pub use agent_session::{AgentSession, AgentTx, Assignment, Health, ToAgent};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +49,9 @@ pub struct Core {
     pub leases_checked_at: Instant,
     /// The data dir's disk at the last scheduling pass.
     pub disk: Option<DiskSpace>,
+    /// Sweeps with early stopping already told (in the log) that a job
+    /// reported no epoch metrics.
+    pub no_metrics_noted: HashSet<SweepId>,
 }
 
 /// Remembers the coordinator's own pauses: a call on the core that took
@@ -175,6 +178,7 @@ impl CoordinatorHandle {
                 finished_sweeps: Vec::new(),
                 leases_checked_at: now,
                 disk: None,
+                no_metrics_noted: HashSet::new(),
             })),
             events,
             pauses: Arc::new(PauseWatch::new(std::time::Duration::from_millis(

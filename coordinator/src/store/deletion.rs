@@ -46,6 +46,7 @@ impl Store {
             tx.execute(&format!("DELETE FROM {table} WHERE {OF_SWEEP}"), [sweep.0])?;
         }
         let jobs = tx.execute("DELETE FROM jobs WHERE sweep_id = ?1", [sweep.0])?;
+        tx.execute("DELETE FROM rung_scores WHERE sweep_id = ?1", [sweep.0])?;
         tx.execute("DELETE FROM configurations WHERE sweep_id = ?1", [sweep.0])?;
         tx.execute("DELETE FROM sweeps WHERE id = ?1", [sweep.0])?;
         for e in &ensembles {

@@ -3,7 +3,7 @@
 //! attempt other than the job's current one, or from another agent, is
 //! rejected as stale (the attempt number is a fencing token).
 
-use rusqlite::{Transaction, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 use sweepfold_common::folds::Split;
 use sweepfold_common::{Attempt, Bytes, JobId, JobState, SweepId};
 
@@ -118,14 +118,25 @@ fn fenced(
     Ok(j)
 }
 
-/// Marks the sweep finished when none of its jobs is open any more.
-fn refresh_sweep(tx: &Transaction<'_>, sweep: SweepId) -> Result<Option<SweepId>> {
+/// Marks the sweep finished when none of its jobs is open any more and,
+/// for a search that proposes while it runs, every planned configuration
+/// has been proposed.
+pub(super) fn refresh_sweep(tx: &Transaction<'_>, sweep: SweepId) -> Result<Option<SweepId>> {
     let open: u32 = tx.query_row(
         "SELECT COUNT(*) FROM jobs WHERE sweep_id = ?1 AND state IN ('queued', 'assigned', 'running')",
         [sweep.0],
         |r| r.get(0),
     )?;
     if open > 0 {
+        return Ok(None);
+    }
+    let to_propose: i64 = tx.query_row(
+        "SELECT COALESCE(planned_configs, 0) - \
+         (SELECT COUNT(*) FROM configurations WHERE sweep_id = ?1) FROM sweeps WHERE id = ?1",
+        [sweep.0],
+        |r| r.get(0),
+    )?;
+    if to_propose > 0 {
         return Ok(None);
     }
     let changed = tx.execute(
@@ -386,6 +397,24 @@ impl Store {
                     (JobState::Queued, format!("{reason}; requeued"))
                 }
             }
+        };
+        // A fold of a configuration that early stopping stopped is not run
+        // again: what it did not leave is not worth another attempt.
+        let stopped_at: Option<u32> = tx.query_row(
+            "SELECT stopped_at_epoch FROM configurations WHERE sweep_id = ?1 AND config_index = ?2",
+            params![j.sweep_id.0, j.config_index],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+        let (to, reason) = match stopped_at {
+            Some(rung) if to == JobState::Queued => (
+                JobState::Cancelled,
+                format!(
+                    "{reason}; not run again: early stopping stopped its configuration at the rung of epoch {rung}"
+                ),
+            ),
+            _ => (to, reason),
         };
         // A failure reason stays visible after a requeue too.
         if to == JobState::Queued {

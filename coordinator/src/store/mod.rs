@@ -12,25 +12,29 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use sweepfold_common::folds::Split;
-use sweepfold_common::sweep::Sweep;
+use sweepfold_common::sweep::{EarlyStopping, Sweep};
 use sweepfold_common::{Attempt, Bytes, JobId, JobState, SweepId};
 
 use crate::error::{Error, Result};
 
 mod agents;
 mod deletion;
+mod early_stopping;
 mod ensembles;
 mod imports;
 mod lifecycle;
 mod outputs;
+mod search;
 mod tokens;
 
 pub use agents::{AgentRecord, DatasetRecord};
 pub use deletion::DeletedSweep;
+pub use early_stopping::Stop;
 pub use ensembles::{ConfigStats, CurvePoint, EnsembleRecord};
 pub use imports::{IMPORT_AGENT, NewImport};
 pub use lifecycle::{AssignmentInfo, Finished, Outcome, QueuedJob};
 pub use outputs::{MetricRecord, OutputRecord};
+pub use search::{SearchConfig, SearchView};
 pub use tokens::{TokenKind, TokenRecord, token_by_sha256, token_sha256};
 
 /// Migrations in order; `user_version` N means the first N are applied.
@@ -58,6 +62,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0006_fold_split",
         include_str!("../../migrations/0006_fold_split.sql"),
+    ),
+    (
+        "0007_search",
+        include_str!("../../migrations/0007_search.sql"),
+    ),
+    (
+        "0008_early_stopping",
+        include_str!("../../migrations/0008_early_stopping.sql"),
     ),
 ];
 
@@ -141,6 +153,13 @@ pub struct SweepRecord {
     pub source_yaml: String,
     pub file_name: String,
     pub submitted_at_ms: i64,
+    /// A `tpe` sweep's configurations in all (proposed while it runs);
+    /// None for sweeps expanded at submission.
+    pub planned_configs: Option<u32>,
+    /// A `tpe` sweep's objective, e.g. "maximize oof_accuracy".
+    pub objective: Option<String>,
+    /// `early_stopping:`, when the file has it.
+    pub early_stopping: Option<EarlyStopping>,
     pub configurations: u32,
     pub counts: JobCounts,
     /// The newest automatic ensemble, once the sweep has one.
@@ -155,6 +174,17 @@ pub struct ConfigRecord {
     pub index: u32,
     pub params_json: String,
     pub spec_json: String,
+    /// `tpe`: "startup" or "model"; empty for grid and random.
+    pub origin: String,
+    /// `tpe`: the objective, once every fold succeeded.
+    pub objective: Option<f64>,
+    /// `tpe`: why no objective could be computed (then it counts as failed).
+    pub objective_error: String,
+    /// `tpe`: pending, running, scoring, complete or failed (filled in by
+    /// the sweeps feature; empty otherwise).
+    pub state: String,
+    /// Early stopping: the rung epoch it was stopped at.
+    pub stopped_at_epoch: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -248,7 +278,8 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
 }
 
 const SWEEP_COLUMNS: &str = "id, name, owner, priority, method, kind, dataset, folds, fold_seed, \
-     gpu_memory, retries, ensemble_method, state, source_yaml, file_name, submitted_at_ms, fold_split";
+     gpu_memory, retries, ensemble_method, state, source_yaml, file_name, submitted_at_ms, fold_split, \
+     planned_configs, objective, early_stopping";
 
 /// A stored split name; an unknown one (a newer release's) is an error, not
 /// a silent default.
@@ -282,6 +313,18 @@ fn sweep_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SweepRecord> {
         file_name: r.get(14)?,
         submitted_at_ms: r.get(15)?,
         fold_split: split_from_column(r, 16)?,
+        planned_configs: r.get(17)?,
+        objective: r.get(18)?,
+        early_stopping: match r.get::<_, Option<String>>(19)? {
+            Some(json) => Some(serde_json::from_str(&json).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    19,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?),
+            None => None,
+        },
         configurations: 0,
         counts: JobCounts::default(),
         ensemble: None,
@@ -353,8 +396,8 @@ impl Store {
         tx.execute(
             "INSERT INTO sweeps (name, owner, priority, method, kind, dataset, folds, fold_seed, \
              gpu_memory, retries, ensemble_method, state, source_yaml, file_name, submitted_at_ms, \
-             fold_split) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, ?13, ?14, ?15)",
+             fold_split, planned_configs, objective, early_stopping) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             params![
                 f.name,
                 new.owner,
@@ -371,6 +414,18 @@ impl Store {
                 new.file_name,
                 new.now_ms,
                 f.kfold.split.as_str(),
+                f.method
+                    .incremental()
+                    .then(|| s.planned_configurations() as i64),
+                f.method.incremental().then(|| {
+                    let o = f.objective.unwrap_or_default();
+                    format!("{} {}", o.goal().as_str(), o.metric.as_str())
+                }),
+                f.early_stopping
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()
+                    .map_err(json_err)?,
             ],
         )?;
         let sweep_id = tx.last_insert_rowid();
@@ -550,14 +605,19 @@ impl Store {
 
     pub fn configurations(&self, sweep: SweepId) -> Result<Vec<ConfigRecord>> {
         let mut stmt = self.conn.prepare(
-            "SELECT config_index, params_json, spec_json FROM configurations \
-             WHERE sweep_id = ?1 ORDER BY config_index",
+            "SELECT config_index, params_json, spec_json, origin, objective, objective_error, \
+             stopped_at_epoch FROM configurations WHERE sweep_id = ?1 ORDER BY config_index",
         )?;
         let rows = stmt.query_map([sweep.0], |r| {
             Ok(ConfigRecord {
                 index: r.get(0)?,
                 params_json: r.get(1)?,
                 spec_json: r.get(2)?,
+                origin: r.get(3)?,
+                objective: r.get(4)?,
+                objective_error: r.get(5)?,
+                state: String::new(),
+                stopped_at_epoch: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

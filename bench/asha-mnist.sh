@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Early stopping on real training (issue 11, benchmark 2), and TPE against
+# random search on real training (benchmark 3). The built-in trainer on
+# mnist-sketch on this machine's CPU, one agent with one slot per fold so
+# that a configuration's folds run side by side:
+#
+#   random          12 configurations of lr / weight decay / label smoothing
+#   random+asha     the same 12 configurations (same seed), early_stopping asha
+#   tpe+asha        12 configurations proposed by TPE, 2 in flight, asha
+#
+# For each: the sweep's wall time, the compute spent (the sum of the jobs'
+# run times, and the epochs trained), how many configurations were stopped,
+# and the best out-of-fold accuracy.
+#
+#     bench/asha-mnist.sh [DATASET_DIR [RUNS]]
+#     (default: ../shared/datasets/mnist-sketch, else examples/data/mnist-sketch-mini;
+#      RUNS: any of random random+asha tpe+asha, default all three)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+default=../shared/datasets/mnist-sketch
+[ -d "$default" ] || default=examples/data/mnist-sketch-mini
+data_dir=$(realpath "${1:-$default}")
+shift || true
+runs=("${@:-random random+asha tpe+asha}")
+runs=(${runs[*]})
+folds=2
+cargo build --quiet -p coordinator -p agent
+bin=target/debug
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+"$bin/coordinator" serve --listen 127.0.0.1:0 --data-dir "$work/data" 2>"$work/coordinator.log" &
+pids+=($!)
+for _ in $(seq 200); do
+    addr=$(sed -n 's/.*coordinator listening addr=\([^ ]*\).*/\1/p' "$work/coordinator.log")
+    [ -n "$addr" ] && break
+    sleep 0.05
+done
+export SWEEPFOLD_COORDINATOR="http://$addr"
+"$bin/agent" run --coordinator "$SWEEPFOLD_COORDINATOR" --name a --work-dir "$work/agent" --cpu \
+    --cpu-slots "$folds" --dataset "mnist-sketch=$data_dir" 2>"$work/agent.log" &
+pids+=($!)
+until grep -q "registered with the coordinator" "$work/agent.log"; do sleep 0.2; done
+
+sweep_file() { # NAME METHOD ASHA(0|1)
+    cat <<EOF
+name: $1
+method: $2
+count: 12
+seed: 3
+$( [ "$2" = tpe ] && echo "parallel: 2" )
+kfold: {folds: $folds, seed: 42}
+dataset: mnist-sketch
+trainer:
+  model: small_cnn
+  image_size: 16
+  epochs: 9
+  batch_size: 64
+  warmup_epochs: 0.5
+  augment:
+    hflip: {p: 0.0}
+parameters:
+  lr: {distribution: log_uniform, min: 1.0e-5, max: 3.0e-2}
+  weight_decay: {distribution: log_uniform, min: 1.0e-6, max: 1.0e-1}
+  label_smoothing: {distribution: uniform, min: 0.0, max: 0.3}
+$( [ "$3" = 1 ] && echo "early_stopping: {method: asha, grace_epochs: 1, reduction_factor: 3}" )
+EOF
+}
+
+printf '| run | wall | job compute | epochs trained | stopped | best OOF accuracy |\n|---|---|---|---|---|---|\n' > "$work/table.md"
+for run in "${runs[@]}"; do
+    case $run in
+        random) method=random asha=0 ;;
+        random+asha) method=random asha=1 ;;
+        tpe+asha) method=tpe asha=1 ;;
+        *) echo "unknown run $run" >&2; exit 2 ;;
+    esac
+    name=${run/+/-}
+    sweep_file "$name" "$method" "$asha" > "$work/$name.yaml"
+    start=$(date +%s)
+    "$bin/coordinator" submit "$work/$name.yaml" >/dev/null
+    until "$bin/coordinator" sweep "$name" --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if s["sweep"]["state"] == "finished" and all(c.get("state") != "scoring" for c in s["configurations"]) else 1)'; do
+        sleep 2
+    done
+    wall=$(( $(date +%s) - start ))
+    "$bin/coordinator" leaderboard "$name" --json > "$work/$name-board.json"
+    "$bin/coordinator" sweep "$name" --json > "$work/$name-sweep.json"
+    python3 - "$run" "$wall" "$work/$name-board.json" "$work/$name-sweep.json" >> "$work/table.md" <<'PY'
+import json, sys
+run, wall, board, sweep = sys.argv[1], int(sys.argv[2]), json.load(open(sys.argv[3])), json.load(open(sys.argv[4]))
+rows = board["entries"]
+compute = sum(r["gpu_seconds"] for r in rows)
+epochs = sum(r["epochs_mean"] * r["folds_done"] for r in rows)
+stopped = sum(1 for c in sweep["configurations"] if c.get("stopped_at_epoch"))
+best = max((r["oof_accuracy"] for r in rows if r["complete"] and r["oof_accuracy"] is not None), default=0.0)
+print(f"| {run} | {wall} s | {compute:.0f} s | {epochs:.0f} | {stopped} of {len(sweep['configurations'])} | {best:.4f} |")
+PY
+    tail -n 1 "$work/table.md"
+done
+echo
+echo "dataset $data_dir, $folds folds, small_cnn 16 px, 9 epochs, $(nproc) cores, $(date -u +%F)"
+cat "$work/table.md"

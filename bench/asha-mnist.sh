@@ -9,8 +9,8 @@
 #   tpe+asha        12 configurations proposed by TPE, 2 in flight, asha
 #
 # For each: the sweep's wall time, the compute spent (the sum of the jobs'
-# run times, and the epochs trained), how many configurations were stopped,
-# and the best out-of-fold accuracy.
+# run times, and the epochs trained: bench/sweep_compute.py), how many
+# configurations were stopped, and the best out-of-fold accuracy.
 #
 #     bench/asha-mnist.sh [DATASET_DIR [RUNS]]
 #     (default: ../shared/datasets/mnist-sketch, else examples/data/mnist-sketch-mini;
@@ -24,24 +24,8 @@ shift || true
 runs=("${@:-random random+asha tpe+asha}")
 runs=(${runs[*]})
 folds=2
-cargo build --quiet -p coordinator -p agent
-bin=target/debug
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-"$bin/coordinator" serve --listen 127.0.0.1:0 --data-dir "$work/data" 2>"$work/coordinator.log" &
-pids+=($!)
-for _ in $(seq 200); do
-    addr=$(sed -n 's/.*coordinator listening addr=\([^ ]*\).*/\1/p' "$work/coordinator.log")
-    [ -n "$addr" ] && break
-    sleep 0.05
-done
-export SWEEPFOLD_COORDINATOR="http://$addr"
-"$bin/agent" run --coordinator "$SWEEPFOLD_COORDINATOR" --name a --work-dir "$work/agent" --cpu \
-    --cpu-slots "$folds" --dataset "mnist-sketch=$data_dir" 2>"$work/agent.log" &
-pids+=($!)
-until grep -q "registered with the coordinator" "$work/agent.log"; do sleep 0.2; done
+source bench/local-cluster.sh
+start_local_cluster mnist-sketch "$data_dir" --cpu-slots "$folds"
 
 sweep_file() { # NAME METHOD ASHA(0|1)
     cat <<EOF
@@ -89,12 +73,13 @@ sys.exit(0 if s["sweep"]["state"] == "finished" and all(c.get("state") != "scori
     wall=$(( $(date +%s) - start ))
     "$bin/coordinator" leaderboard "$name" --json > "$work/$name-board.json"
     "$bin/coordinator" sweep "$name" --json > "$work/$name-sweep.json"
-    python3 - "$run" "$wall" "$work/$name-board.json" "$work/$name-sweep.json" >> "$work/table.md" <<'PY'
+    python3 bench/sweep_compute.py "$name" > "$work/$name-compute.json"
+    python3 - "$run" "$wall" "$work/$name-board.json" "$work/$name-sweep.json" "$work/$name-compute.json" >> "$work/table.md" <<'PY'
 import json, sys
-run, wall, board, sweep = sys.argv[1], int(sys.argv[2]), json.load(open(sys.argv[3])), json.load(open(sys.argv[4]))
+run, wall = sys.argv[1], int(sys.argv[2])
+board, sweep, spent = (json.load(open(p)) for p in sys.argv[3:6])
 rows = board["entries"]
-compute = sum(r["gpu_seconds"] for r in rows)
-epochs = sum(r["epochs_mean"] * r["folds_done"] for r in rows)
+compute, epochs = spent["job_seconds"], spent["epochs"]
 stopped = sum(1 for c in sweep["configurations"] if c.get("stopped_at_epoch"))
 best = max((r["oof_accuracy"] for r in rows if r["complete"] and r["oof_accuracy"] is not None), default=0.0)
 print(f"| {run} | {wall} s | {compute:.0f} s | {epochs:.0f} | {stopped} of {len(sweep['configurations'])} | {best:.4f} |")

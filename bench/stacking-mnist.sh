@@ -9,24 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data_dir=$(realpath "${1:-../shared/datasets/mnist-sketch}")
-cargo build --quiet -p coordinator -p agent
-bin=target/debug
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-"$bin/coordinator" serve --listen 127.0.0.1:0 --data-dir "$work/data" 2>"$work/coordinator.log" &
-pids+=($!)
-for _ in $(seq 200); do
-    addr=$(sed -n 's/.*coordinator listening addr=\([^ ]*\).*/\1/p' "$work/coordinator.log")
-    [ -n "$addr" ] && break
-    sleep 0.05
-done
-export SWEEPFOLD_COORDINATOR="http://$addr"
-"$bin/agent" run --coordinator "$SWEEPFOLD_COORDINATOR" --name a --work-dir "$work/agent" --cpu \
-    --dataset "mnist-sketch=$data_dir" 2>"$work/agent.log" &
-pids+=($!)
-until grep -q "registered with the coordinator" "$work/agent.log"; do sleep 0.2; done
+source bench/local-cluster.sh
+start_local_cluster mnist-sketch "$data_dir"
 members=()
 for spec in "8 logreg" "16 logreg" "8 knn" "12 forest"; do
     set -- $spec

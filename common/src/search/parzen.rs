@@ -1,157 +1,210 @@
-//! Parzen estimators of one parameter: a mixture of truncated normals (a
-//! number, in its internal scale) or of categorical kernels (a choice),
-//! each with a prior component, built as Optuna's univariate
-//! `_ParzenEstimator` builds them (sorted-neighbour bandwidths, the
-//! "magic clip", no endpoint bandwidths).
+//! The Parzen estimator of the TPE sampler, built as Optuna's
+//! `_ParzenEstimator` builds it by default since Optuna 4 (multivariate TPE
+//! for one objective): a mixture of kernels, one per observed configuration
+//! plus a prior, each kernel a *product* over the parameters (a truncated
+//! normal per number, in its internal scale; a categorical distribution per
+//! choice), so that a candidate is drawn from one kernel as a whole and
+//! scored on all of its parameters together. Bandwidths per parameter follow
+//! Optuna: the larger distance to a sorted neighbour, the outermost kernels
+//! taking their inner neighbour's distance (no endpoint bandwidths), clipped
+//! to `[range / min(100, 1 + kernels), range]` (the "magic clip"); the prior
+//! kernel sits at the centre with the whole range as its bandwidth.
 
 use crate::rng::Rng;
 
-/// A mixture of normals truncated to `[low, high]`.
-#[derive(Debug, Clone)]
-pub struct Numeric {
-    low: f64,
-    high: f64,
-    /// Integer parameters round to the nearest integer; their interval is
-    /// widened by half a step on each side, their density is the mass of
-    /// `[x - 0.5, x + 0.5]`.
-    step: Option<f64>,
-    weights: Vec<f64>,
-    mus: Vec<f64>,
-    sigmas: Vec<f64>,
-}
-
-impl Numeric {
-    /// `obs` in the parameter's internal scale (log for log-uniform),
-    /// `obs_weights` one per observation. `low`/`high` are the internal
-    /// bounds (for integers: the integers themselves).
-    pub fn new(
-        obs: &[f64],
-        obs_weights: &[f64],
+/// One parameter of the estimator, in the sampler's internal scale.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Param {
+    /// A number in `[low, high]` (log bounds for a log-uniform one).
+    /// Integers have `step: Some(1.0)`: their interval is widened by half a
+    /// step on each side, and their density is the mass of `[x - 0.5, x + 0.5]`.
+    Numeric {
         low: f64,
         high: f64,
         step: Option<f64>,
+    },
+    /// A choice among `n` values, observed as their index.
+    Categorical { n: usize },
+}
+
+/// The kernels' parameters along one dimension (the prior kernel last).
+#[derive(Debug, Clone)]
+enum Kernels {
+    Numeric {
+        low: f64,
+        high: f64,
+        step: Option<f64>,
+        mus: Vec<f64>,
+        sigmas: Vec<f64>,
+    },
+    Categorical {
+        /// Per kernel, the probability of each choice.
+        rows: Vec<Vec<f64>>,
+    },
+}
+
+/// A mixture of product kernels over every parameter.
+#[derive(Debug, Clone)]
+pub struct Joint {
+    weights: Vec<f64>,
+    dims: Vec<Kernels>,
+}
+
+impl Joint {
+    /// `obs`: one row per observed configuration, one internal value per
+    /// parameter of `params`; `obs_weights`: one per row.
+    pub fn new(
+        obs: &[Vec<f64>],
+        obs_weights: &[f64],
+        params: &[Param],
         prior_weight: f64,
-    ) -> Numeric {
-        let half = step.unwrap_or(0.0) / 2.0;
-        let (lo, hi) = (low - half, high + half);
-        let range = hi - lo;
-        let n = obs.len();
-        let mut sigmas = vec![0.0; n];
-        if n > 0 {
-            let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by(|&a, &b| obs[a].total_cmp(&obs[b]));
-            let mut with_ends = Vec::with_capacity(n + 2);
-            with_ends.push(lo);
-            with_ends.extend(order.iter().map(|&i| obs[i]));
-            with_ends.push(hi);
-            let mut sorted_sigmas: Vec<f64> = (1..=n)
-                .map(|i| (with_ends[i] - with_ends[i - 1]).max(with_ends[i + 1] - with_ends[i]))
-                .collect();
-            if with_ends.len() >= 4 {
-                // No endpoint bandwidths: the outermost kernels take their
-                // inner neighbour's distance, not the distance to a bound.
-                sorted_sigmas[0] = with_ends[2] - with_ends[1];
-                sorted_sigmas[n - 1] = with_ends[n] - with_ends[n - 1];
-            }
-            for (rank, &i) in order.iter().enumerate() {
-                sigmas[i] = sorted_sigmas[rank];
-            }
-        }
-        let kernels = n as f64 + 1.0;
-        let min_sigma = range / (1.0 + kernels).min(100.0);
-        let mut mus = obs.to_vec();
-        for s in &mut sigmas {
-            *s = s.clamp(min_sigma, range);
-        }
-        mus.push(0.5 * (low + high));
-        sigmas.push(range);
-        let mut weights = obs_weights.to_vec();
-        weights.push(prior_weight);
+    ) -> Joint {
+        let mut weights: Vec<f64> = obs_weights.to_vec();
+        weights.push(if obs.is_empty() { 1.0 } else { prior_weight });
         let total: f64 = weights.iter().sum();
         for w in &mut weights {
             *w /= total;
         }
-        Numeric {
-            low: lo,
-            high: hi,
-            step,
-            weights,
-            mus,
-            sigmas,
-        }
+        let dims = params
+            .iter()
+            .enumerate()
+            .map(|(d, param)| {
+                let column: Vec<f64> = obs.iter().map(|row| row[d]).collect();
+                match *param {
+                    Param::Numeric { low, high, step } => {
+                        let (mus, sigmas) = numeric_kernels(&column, low, high, step);
+                        let half = step.unwrap_or(0.0) / 2.0;
+                        Kernels::Numeric {
+                            low: low - half,
+                            high: high + half,
+                            step,
+                            mus,
+                            sigmas,
+                        }
+                    }
+                    Param::Categorical { n } => Kernels::Categorical {
+                        rows: categorical_kernels(&column, n, prior_weight),
+                    },
+                }
+            })
+            .collect();
+        Joint { weights, dims }
     }
 
-    pub fn sample(&self, rng: &mut Rng) -> f64 {
+    /// One draw: a kernel by weight, then every parameter from it.
+    pub fn sample(&self, rng: &mut Rng) -> Vec<f64> {
         let k = pick(&self.weights, rng);
-        let x = truncated_normal(rng, self.mus[k], self.sigmas[k], self.low, self.high);
-        match self.step {
-            Some(step) => {
-                let half = step / 2.0;
-                let (a, b) = (self.low + half, self.high - half);
-                (a + ((x - a) / step).round() * step).clamp(a, b)
-            }
-            None => x,
-        }
+        self.dims
+            .iter()
+            .map(|dim| match dim {
+                Kernels::Numeric {
+                    low,
+                    high,
+                    step,
+                    mus,
+                    sigmas,
+                } => {
+                    let x = truncated_normal(rng, mus[k], sigmas[k], *low, *high);
+                    match step {
+                        Some(step) => {
+                            let half = step / 2.0;
+                            let (a, b) = (low + half, high - half);
+                            (a + ((x - a) / step).round() * step).clamp(a, b)
+                        }
+                        None => x,
+                    }
+                }
+                Kernels::Categorical { rows } => pick(&rows[k], rng) as f64,
+            })
+            .collect()
     }
 
-    pub fn log_pdf(&self, x: f64) -> f64 {
-        let terms: Vec<f64> = (0..self.mus.len())
+    /// The log density (mass, for integers and choices) at `x`.
+    pub fn log_pdf(&self, x: &[f64]) -> f64 {
+        let terms: Vec<f64> = (0..self.weights.len())
             .map(|k| {
-                let (mu, sigma) = (self.mus[k], self.sigmas[k]);
-                let norm = log_mass(mu, sigma, self.low, self.high);
-                let density = match self.step {
-                    Some(step) => log_mass(mu, sigma, x - step / 2.0, x + step / 2.0),
-                    None => log_normal_pdf(x, mu, sigma),
-                };
-                self.weights[k].ln() + density - norm
+                let mut t = self.weights[k].ln();
+                for (dim, &v) in self.dims.iter().zip(x) {
+                    t += match dim {
+                        Kernels::Numeric {
+                            low,
+                            high,
+                            step,
+                            mus,
+                            sigmas,
+                        } => {
+                            let (mu, sigma) = (mus[k], sigmas[k]);
+                            let density = match step {
+                                Some(step) => log_mass(mu, sigma, v - step / 2.0, v + step / 2.0),
+                                None => log_normal_pdf(v, mu, sigma),
+                            };
+                            density - log_mass(mu, sigma, *low, *high)
+                        }
+                        Kernels::Categorical { rows } => rows[k][v as usize].ln(),
+                    };
+                }
+                t
             })
             .collect();
         log_sum_exp(&terms)
     }
 }
 
-/// A mixture of categorical kernels: each observed choice gets weight 1
-/// plus `prior_weight / kernels` spread over every choice; the prior is
-/// the uniform kernel.
-#[derive(Debug, Clone)]
-pub struct Categorical {
-    /// Probability of each choice (the mixture, flattened).
-    probs: Vec<f64>,
+/// Centres and bandwidths of one number's kernels (see the module's doc),
+/// the prior's last. `low`/`high` are the internal bounds (for integers:
+/// the integers themselves).
+fn numeric_kernels(obs: &[f64], low: f64, high: f64, step: Option<f64>) -> (Vec<f64>, Vec<f64>) {
+    let half = step.unwrap_or(0.0) / 2.0;
+    let (lo, hi) = (low - half, high + half);
+    let range = hi - lo;
+    let n = obs.len();
+    let mut sigmas = vec![0.0; n];
+    if n > 0 {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| obs[a].total_cmp(&obs[b]));
+        let mut with_ends = Vec::with_capacity(n + 2);
+        with_ends.push(lo);
+        with_ends.extend(order.iter().map(|&i| obs[i]));
+        with_ends.push(hi);
+        let mut sorted_sigmas: Vec<f64> = (1..=n)
+            .map(|i| (with_ends[i] - with_ends[i - 1]).max(with_ends[i + 1] - with_ends[i]))
+            .collect();
+        if with_ends.len() >= 4 {
+            sorted_sigmas[0] = with_ends[2] - with_ends[1];
+            sorted_sigmas[n - 1] = with_ends[n] - with_ends[n - 1];
+        }
+        for (rank, &i) in order.iter().enumerate() {
+            sigmas[i] = sorted_sigmas[rank];
+        }
+    }
+    let kernels = n as f64 + 1.0;
+    let min_sigma = range / (1.0 + kernels).min(100.0);
+    for s in &mut sigmas {
+        *s = s.clamp(min_sigma, range);
+    }
+    let mut mus = obs.to_vec();
+    mus.push(0.5 * (lo + hi));
+    sigmas.push(range);
+    (mus, sigmas)
 }
 
-impl Categorical {
-    pub fn new(obs: &[usize], obs_weights: &[f64], choices: usize, prior_weight: f64) -> Self {
-        let kernels = obs.len() as f64 + 1.0;
-        let base = prior_weight / kernels;
-        let mut probs = vec![0.0; choices];
-        let mut total_weight = 0.0;
-        for (&o, &w) in obs.iter().zip(obs_weights) {
-            // One kernel: `base` on every choice, +1 on the observed one.
-            let row_sum = base * choices as f64 + 1.0;
-            for (c, p) in probs.iter_mut().enumerate() {
-                let mass = if c == o { base + 1.0 } else { base };
-                *p += w * mass / row_sum;
-            }
-            total_weight += w;
-        }
-        // The prior kernel: uniform.
-        for p in &mut probs {
-            *p += prior_weight / choices as f64;
-        }
-        total_weight += prior_weight;
-        for p in &mut probs {
-            *p /= total_weight;
-        }
-        Categorical { probs }
-    }
-
-    pub fn sample(&self, rng: &mut Rng) -> usize {
-        pick(&self.probs, rng)
-    }
-
-    pub fn log_pdf(&self, c: usize) -> f64 {
-        self.probs[c].ln()
-    }
+/// One choice's kernels: each observed configuration's puts
+/// `prior_weight / kernels` on every choice and 1 more on its own,
+/// normalised; the prior's is uniform (last).
+fn categorical_kernels(obs: &[f64], n: usize, prior_weight: f64) -> Vec<Vec<f64>> {
+    let kernels = obs.len() as f64 + 1.0;
+    let base = prior_weight / kernels;
+    let mut rows: Vec<Vec<f64>> = obs
+        .iter()
+        .map(|&o| {
+            let mut row = vec![base; n];
+            row[o as usize] += 1.0;
+            let sum: f64 = row.iter().sum();
+            row.iter().map(|p| p / sum).collect()
+        })
+        .collect();
+    rows.push(vec![1.0 / n as f64; n]);
+    rows
 }
 
 /// An index drawn with the given (normalised) weights.
@@ -218,24 +271,97 @@ fn log_sum_exp(xs: &[f64]) -> f64 {
 mod tests {
     use super::*;
 
+    fn numeric(low: f64, high: f64) -> Param {
+        Param::Numeric {
+            low,
+            high,
+            step: None,
+        }
+    }
+
+    fn rows(xs: &[f64]) -> Vec<Vec<f64>> {
+        xs.iter().map(|&x| vec![x]).collect()
+    }
+
     #[test]
     fn numeric_density_integrates_to_one() {
-        let est = Numeric::new(&[0.2, 0.25, 0.9], &[1.0, 1.0, 1.0], 0.0, 1.0, None, 1.0);
+        let est = Joint::new(
+            &rows(&[0.2, 0.25, 0.9]),
+            &[1.0; 3],
+            &[numeric(0.0, 1.0)],
+            1.0,
+        );
         let n = 20_000;
         let integral: f64 = (0..n)
-            .map(|i| est.log_pdf((i as f64 + 0.5) / n as f64).exp() / n as f64)
+            .map(|i| est.log_pdf(&[(i as f64 + 0.5) / n as f64]).exp() / n as f64)
             .sum();
         assert!((integral - 1.0).abs() < 1e-3, "integral {integral}");
     }
 
     #[test]
+    fn a_joint_density_integrates_to_one_over_both_parameters() {
+        let obs = vec![vec![0.2, 1.0], vec![0.7, 0.0], vec![0.75, 2.0]];
+        let est = Joint::new(
+            &obs,
+            &[1.0; 3],
+            &[numeric(0.0, 1.0), Param::Categorical { n: 3 }],
+            1.0,
+        );
+        let n = 4000;
+        let integral: f64 = (0..3)
+            .map(|c| {
+                (0..n)
+                    .map(|i| est.log_pdf(&[(i as f64 + 0.5) / n as f64, c as f64]).exp() / n as f64)
+                    .sum::<f64>()
+            })
+            .sum();
+        assert!((integral - 1.0).abs() < 1e-3, "integral {integral}");
+    }
+
+    #[test]
+    fn a_draw_keeps_its_kernels_parameters_together() {
+        // Two clusters: (0.1, choice 0) and (0.9, choice 1). A draw near
+        // 0.1 comes with choice 0 far more often than the independent
+        // estimator's 50/50.
+        let mut obs = vec![vec![0.1, 0.0]; 10];
+        obs.extend(vec![vec![0.9, 1.0]; 10]);
+        let est = Joint::new(
+            &obs,
+            &[1.0; 20],
+            &[numeric(0.0, 1.0), Param::Categorical { n: 2 }],
+            1.0,
+        );
+        let mut rng = Rng::new(4);
+        let (mut near, mut together) = (0, 0);
+        for _ in 0..4000 {
+            let x = est.sample(&mut rng);
+            if x[0] < 0.3 {
+                near += 1;
+                if x[1] == 0.0 {
+                    together += 1;
+                }
+            }
+        }
+        assert!(
+            f64::from(together) > 0.85 * f64::from(near),
+            "{together} of {near}"
+        );
+        assert!(est.log_pdf(&[0.1, 0.0]) > est.log_pdf(&[0.1, 1.0]) + 1.0);
+    }
+
+    #[test]
     fn integer_masses_sum_to_one_and_samples_are_integers() {
-        let est = Numeric::new(&[2.0, 3.0], &[1.0, 1.0], 1.0, 6.0, Some(1.0), 1.0);
-        let total: f64 = (1..=6).map(|x| est.log_pdf(x as f64).exp()).sum();
+        let int = Param::Numeric {
+            low: 1.0,
+            high: 6.0,
+            step: Some(1.0),
+        };
+        let est = Joint::new(&rows(&[2.0, 3.0]), &[1.0; 2], &[int], 1.0);
+        let total: f64 = (1..=6).map(|x| est.log_pdf(&[x as f64]).exp()).sum();
         assert!((total - 1.0).abs() < 1e-9, "total {total}");
         let mut rng = Rng::new(3);
         for _ in 0..1000 {
-            let x = est.sample(&mut rng);
+            let x = est.sample(&mut rng)[0];
             assert_eq!(x, x.round());
             assert!((1.0..=6.0).contains(&x), "{x}");
         }
@@ -243,22 +369,36 @@ mod tests {
 
     #[test]
     fn samples_concentrate_near_observations() {
-        let est = Numeric::new(&[0.1; 20], &[1.0; 20], 0.0, 1.0, None, 1.0);
+        let est = Joint::new(&rows(&[0.1; 20]), &[1.0; 20], &[numeric(0.0, 1.0)], 1.0);
         let mut rng = Rng::new(1);
         let near = (0..2000)
-            .filter(|_| (est.sample(&mut rng) - 0.1).abs() < 0.1)
+            .filter(|_| (est.sample(&mut rng)[0] - 0.1).abs() < 0.1)
             .count();
         assert!(near > 1500, "{near} of 2000 near the observations");
     }
 
     #[test]
     fn categorical_favours_observed_choices_and_sums_to_one() {
-        let est = Categorical::new(&[1, 1, 1, 2], &[1.0; 4], 4, 1.0);
-        let total: f64 = (0..4).map(|c| est.log_pdf(c).exp()).sum();
+        let est = Joint::new(
+            &rows(&[1.0, 1.0, 1.0, 2.0]),
+            &[1.0; 4],
+            &[Param::Categorical { n: 4 }],
+            1.0,
+        );
+        let p = |c: f64| est.log_pdf(&[c]);
+        let total: f64 = (0..4).map(|c| p(c as f64).exp()).sum();
         assert!((total - 1.0).abs() < 1e-12);
-        assert!(est.log_pdf(1) > est.log_pdf(2));
-        assert!(est.log_pdf(2) > est.log_pdf(0));
-        assert!((est.log_pdf(0) - est.log_pdf(3)).abs() < 1e-12);
+        assert!(p(1.0) > p(2.0));
+        assert!(p(2.0) > p(0.0));
+        assert!((p(0.0) - p(3.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn with_no_observation_it_is_the_prior() {
+        let est = Joint::new(&[], &[], &[numeric(0.0, 2.0)], 1.0);
+        let mut rng = Rng::new(9);
+        let mean = (0..4000).map(|_| est.sample(&mut rng)[0]).sum::<f64>() / 4000.0;
+        assert!((mean - 1.0).abs() < 0.05, "{mean}");
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The Tree-structured Parzen Estimator (Bergstra et al. 2011) as Optuna's
-//! `TPESampler` runs it by default (independent per parameter), with the
-//! constant liar: until `n_startup_trials` configurations complete, random
-//! draws; then the complete ones are split into the best `gamma(n)`
-//! ("below", l(x)) and the rest plus every running and failed one
-//! ("above", g(x)); `n_ei_candidates` draws from l(x) are scored by
+//! `TPESampler` runs it by default for one objective since Optuna 4
+//! (multivariate: one joint density over every parameter, Falkner et al.
+//! 2018), with the constant liar (Optuna's default since 5): until
+//! `n_startup_trials` configurations finish, random draws; then the
+//! finished ones are split into the best `gamma(n)` ("below", l(x)) and the
+//! rest plus every running and failed one ("above", g(x));
+//! `n_ei_candidates` joint draws from l(x) are scored by
 //! log l(x) - log g(x) and the best is proposed.
 
 use serde_json::{Map, Value};
 
-use super::parzen::{Categorical, Numeric};
+use super::parzen::{Joint, Param};
 use super::{Dimension, Goal, Origin, Proposal, Space, TpeSettings, Trial, TrialState};
 use crate::rng::Rng;
 
@@ -171,33 +173,23 @@ pub fn propose(
         })
 }
 
-/// l(x) and g(x) of every searchable parameter.
+/// l(x) and g(x) over every searchable parameter together.
 struct Model {
-    dims: Vec<(String, Pair)>,
-}
-
-enum Pair {
-    Numeric {
-        below: Numeric,
-        above: Numeric,
-        low: f64,
-        high: f64,
-        log: bool,
-        int: bool,
-    },
-    Categorical {
-        below: Categorical,
-        above: Categorical,
-        choices: Vec<Value>,
-    },
+    /// The searchable parameters, in file order.
+    names: Vec<String>,
+    dims: Vec<Dimension>,
+    below: Joint,
+    above: Joint,
 }
 
 impl Model {
     fn fit(space: &Space, settings: &TpeSettings, goal: Goal, trials: &[Trial]) -> Model {
         // Split: the best gamma(n) finished trials below, everything else
-        // (worse ones, and running or failed ones as the worst) above.
-        // Complete trials rank by their objective, stopped ones after them
-        // by the rung they reached (later first). Ties keep proposal order.
+        // (worse ones, and running or failed ones as the worst) above, n
+        // counting the finished ones as Optuna does. Complete trials rank
+        // by their objective, stopped ones after them by the rung they
+        // reached (later first). Each group keeps proposal order (the
+        // weights favour the newest).
         let mut complete: Vec<(usize, f64)> = trials
             .iter()
             .enumerate()
@@ -224,76 +216,48 @@ impl Model {
             .map(|c| c.0)
             .chain(stopped.iter().map(|s| s.0))
             .collect();
-        let n_below = gamma(trials.len()).min(ranked.len());
+        let n_below = gamma(ranked.len()).min(ranked.len());
         let mut is_below = vec![false; trials.len()];
         for &i in &ranked[..n_below] {
             is_below[i] = true;
         }
-        let below: Vec<&Trial> = (0..trials.len())
-            .filter(|&i| is_below[i])
-            .map(|i| &trials[i])
-            .collect();
-        let above: Vec<&Trial> = (0..trials.len())
-            .filter(|&i| !is_below[i])
-            .map(|i| &trials[i])
-            .collect();
-        let dims = space
+        let (names, dims): (Vec<String>, Vec<Dimension>) = space
             .dims
             .iter()
             .filter(|(_, d)| d.searchable())
-            .map(|(name, dim)| {
-                let observe = |group: &[&Trial]| -> (Vec<f64>, Vec<f64>) {
-                    let xs: Vec<f64> = group
+            .map(|(n, d)| (n.clone(), d.clone()))
+            .unzip();
+        let params: Vec<Param> = dims.iter().map(param_of).collect();
+        // A trial enters the model only with a value for every parameter
+        // (one outside the space, from a changed file, has none).
+        let observe = |below: bool| -> (Vec<Vec<f64>>, Vec<f64>) {
+            let rows: Vec<Vec<f64>> = (0..trials.len())
+                .filter(|&i| is_below[i] == below)
+                .filter_map(|i| {
+                    names
                         .iter()
-                        .filter_map(|t| t.params.get(name).and_then(|v| internal(dim, v)))
-                        .collect();
-                    let w = ramp_weights(xs.len());
-                    (xs, w)
-                };
-                let (xb, wb) = observe(&below);
-                let (xa, wa) = observe(&above);
-                let pw = settings.prior_weight;
-                let pair = match dim {
-                    Dimension::Categorical(choices) => {
-                        let idx = |xs: &[f64]| xs.iter().map(|&x| x as usize).collect::<Vec<_>>();
-                        Pair::Categorical {
-                            below: Categorical::new(&idx(&xb), &wb, choices.len(), pw),
-                            above: Categorical::new(&idx(&xa), &wa, choices.len(), pw),
-                            choices: choices.clone(),
-                        }
-                    }
-                    Dimension::Float { low, high, log } => {
-                        let (a, b) = internal_bounds(*low, *high, *log);
-                        Pair::Numeric {
-                            below: Numeric::new(&xb, &wb, a, b, None, pw),
-                            above: Numeric::new(&xa, &wa, a, b, None, pw),
-                            low: *low,
-                            high: *high,
-                            log: *log,
-                            int: false,
-                        }
-                    }
-                    Dimension::Int { low, high } => {
-                        let (a, b) = (*low as f64, *high as f64);
-                        Pair::Numeric {
-                            below: Numeric::new(&xb, &wb, a, b, Some(1.0), pw),
-                            above: Numeric::new(&xa, &wa, a, b, Some(1.0), pw),
-                            low: a,
-                            high: b,
-                            log: false,
-                            int: true,
-                        }
-                    }
-                    Dimension::Fixed(_) => unreachable!("filtered: searchable only"),
-                };
-                (name.clone(), pair)
-            })
-            .collect();
-        Model { dims }
+                        .zip(&dims)
+                        .map(|(name, dim)| {
+                            trials[i].params.get(name).and_then(|v| internal(dim, v))
+                        })
+                        .collect::<Option<Vec<f64>>>()
+                })
+                .collect();
+            let w = ramp_weights(rows.len());
+            (rows, w)
+        };
+        let (xb, wb) = observe(true);
+        let (xa, wa) = observe(false);
+        Model {
+            below: Joint::new(&xb, &wb, &params, settings.prior_weight),
+            above: Joint::new(&xa, &wa, &params, settings.prior_weight),
+            names,
+            dims,
+        }
     }
 
-    /// For every parameter, the best of `n_ei_candidates` draws from l(x);
-    /// fixed parameters keep their value.
+    /// The best of `n_ei_candidates` joint draws from l(x) by
+    /// log l(x) - log g(x); fixed parameters keep their value.
     fn best_candidate(
         &self,
         space: &Space,
@@ -301,39 +265,17 @@ impl Model {
         rng: &mut Rng,
     ) -> Map<String, Value> {
         let n = settings.n_ei_candidates.max(1);
-        let mut chosen: Map<String, Value> = Map::new();
-        for (name, pair) in &self.dims {
-            let v = match pair {
-                Pair::Numeric {
-                    below,
-                    above,
-                    low,
-                    high,
-                    log,
-                    int,
-                } => {
-                    let x = argmax((0..n).map(|_| below.sample(rng)), |&x| {
-                        below.log_pdf(x) - above.log_pdf(x)
-                    });
-                    if *int {
-                        Value::from(x.round() as i64)
-                    } else {
-                        to_value_float(x, *low, *high, *log)
-                    }
-                }
-                Pair::Categorical {
-                    below,
-                    above,
-                    choices,
-                } => {
-                    let c = argmax((0..n).map(|_| below.sample(rng)), |&c| {
-                        below.log_pdf(c) - above.log_pdf(c)
-                    });
-                    choices[c].clone()
-                }
-            };
-            chosen.insert(name.clone(), v);
-        }
+        let candidates: Vec<Vec<f64>> = (0..n).map(|_| self.below.sample(rng)).collect();
+        let best = argmax(0..candidates.len(), |&i| {
+            self.below.log_pdf(&candidates[i]) - self.above.log_pdf(&candidates[i])
+        });
+        let chosen: Map<String, Value> = self
+            .names
+            .iter()
+            .zip(&self.dims)
+            .zip(&candidates[best])
+            .map(|((name, dim), &x)| (name.clone(), external(dim, x)))
+            .collect();
         space
             .dims
             .iter()
@@ -351,6 +293,37 @@ impl Model {
                 (name.clone(), v)
             })
             .collect()
+    }
+}
+
+/// A searchable parameter as the estimator sees it.
+fn param_of(dim: &Dimension) -> Param {
+    match dim {
+        Dimension::Categorical(vs) => Param::Categorical { n: vs.len() },
+        Dimension::Float { low, high, log } => {
+            let (low, high) = internal_bounds(*low, *high, *log);
+            Param::Numeric {
+                low,
+                high,
+                step: None,
+            }
+        }
+        Dimension::Int { low, high } => Param::Numeric {
+            low: *low as f64,
+            high: *high as f64,
+            step: Some(1.0),
+        },
+        Dimension::Fixed(_) => unreachable!("only searchable parameters are modelled"),
+    }
+}
+
+/// A value in the sampler's internal scale back in the file's terms.
+fn external(dim: &Dimension, x: f64) -> Value {
+    match dim {
+        Dimension::Categorical(vs) => vs[(x as usize).min(vs.len() - 1)].clone(),
+        Dimension::Float { low, high, log } => to_value_float(x, *low, *high, *log),
+        Dimension::Int { low, high } => Value::from((x.round() as i64).clamp(*low, *high)),
+        Dimension::Fixed(v) => v.clone(),
     }
 }
 

@@ -1,0 +1,32 @@
+# Sourced by the benchmarks: builds the coordinator and the agent, starts a
+# coordinator on a temporary data dir and one CPU agent for a dataset, and
+# stops both (and removes the directory) when the script exits.
+#
+#     source bench/local-cluster.sh
+#     start_local_cluster mnist-sketch "$data_dir" [MORE AGENT FLAGS...]
+#
+# Afterwards: $bin (the binaries), $work (the temporary directory) and
+# SWEEPFOLD_COORDINATOR (the CLI's address) are set.
+
+start_local_cluster() {
+    local dataset=$1 data_dir=$2
+    shift 2
+    cargo build --quiet -p coordinator -p agent
+    bin=target/debug
+    work=$(mktemp -d)
+    pids=()
+    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+    "$bin/coordinator" serve --listen 127.0.0.1:0 --data-dir "$work/data" 2>"$work/coordinator.log" &
+    pids+=($!)
+    local addr=
+    for _ in $(seq 200); do
+        addr=$(sed -n 's/.*coordinator listening addr=\([^ ]*\).*/\1/p' "$work/coordinator.log")
+        [ -n "$addr" ] && break
+        sleep 0.05
+    done
+    export SWEEPFOLD_COORDINATOR="http://$addr"
+    "$bin/agent" run --coordinator "$SWEEPFOLD_COORDINATOR" --name a --work-dir "$work/agent" --cpu \
+        --dataset "$dataset=$data_dir" "$@" 2>"$work/agent.log" &
+    pids+=($!)
+    until grep -q "registered with the coordinator" "$work/agent.log"; do sleep 0.2; done
+}

@@ -1,6 +1,8 @@
-# Sourced by the benchmarks: builds the coordinator and the agent, starts a
-# coordinator on a temporary data dir and one CPU agent for a dataset, and
-# stops both (and removes the directory) when the script exits.
+# Sourced by the benchmarks: builds the coordinator and the agent, copies
+# them into a temporary directory (so that a rebuild during a long run does
+# not swap the binaries under it), starts a coordinator on a data dir there
+# and one CPU agent for a dataset, and stops both (and removes the
+# directory) when the script exits.
 #
 #     source bench/local-cluster.sh
 #     start_local_cluster mnist-sketch "$data_dir" [MORE AGENT FLAGS...]
@@ -12,8 +14,10 @@ start_local_cluster() {
     local dataset=$1 data_dir=$2
     shift 2
     cargo build --quiet -p coordinator -p agent
-    bin=target/debug
     work=$(mktemp -d)
+    bin=$work/bin
+    mkdir -p "$bin"
+    cp target/debug/coordinator target/debug/agent "$bin/"
     pids=()
     trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
     "$bin/coordinator" serve --listen 127.0.0.1:0 --data-dir "$work/data" 2>"$work/coordinator.log" &

@@ -3,7 +3,9 @@
 over its jobs of the time their processes ran (from `running` to the end of
 each attempt) and the number of epochs they reported.
 
-    python3 bench/sweep_compute.py SWEEP     (SWEEPFOLD_COORDINATOR names the coordinator)
+    python3 bench/sweep_compute.py SWEEP [CLI]
+    (SWEEPFOLD_COORDINATOR names the coordinator; CLI: the coordinator binary,
+     default target/debug/coordinator)
 
 Prints one JSON object: {"jobs", "job_seconds", "epochs"}.
 """
@@ -12,8 +14,11 @@ import subprocess
 import sys
 
 
+CLI = sys.argv[2] if len(sys.argv) > 2 else "target/debug/coordinator"
+
+
 def cli(*args):
-    out = subprocess.run(["target/debug/coordinator", *args, "--json"], check=True,
+    out = subprocess.run([CLI, *args, "--json"], check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out)
 

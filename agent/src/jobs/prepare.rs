@@ -129,7 +129,7 @@ impl JobManager {
                 let exe =
                     std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
                 (
-                    exe,
+                    installed_exe(exe),
                     vec![
                         "__job".to_string(),
                         "--job-dir".to_string(),
@@ -241,4 +241,30 @@ impl JobManager {
 
 pub(super) fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).map_err(|e| Error::io(p, e))
+}
+
+/// The agent binary to run a trainer job with. When an upgrade replaced the
+/// file while the agent runs (a package upgrade, `cargo install`, a
+/// rebuild), Linux names the running one `PATH (deleted)`; the binary now
+/// at PATH runs the job, as the next start of the agent would.
+fn installed_exe(exe: PathBuf) -> PathBuf {
+    match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) if !exe.exists() => PathBuf::from(path),
+        _ => exe,
+    }
+}
+
+#[cfg(test)]
+mod installed_exe_tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_binary_runs_from_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent");
+        std::fs::write(&path, b"new").unwrap();
+        let replaced = PathBuf::from(format!("{} (deleted)", path.display()));
+        assert_eq!(installed_exe(replaced), path);
+        assert_eq!(installed_exe(path.clone()), path, "a running binary stays");
+    }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use sweepfold_common::folds::Split;
-use sweepfold_common::sweep::{EarlyStopping, Sweep};
+use sweepfold_common::sweep::{EarlyStopping, Sweep, most_epochs};
 use sweepfold_common::{Attempt, Bytes, JobId, JobState, SweepId};
 
 use crate::error::{Error, Result};
@@ -421,7 +421,15 @@ impl Store {
                     let o = f.objective.unwrap_or_default();
                     format!("{} {}", o.goal().as_str(), o.metric.as_str())
                 }),
+                // A trainer sweep's section is stored with the most epochs
+                // its jobs run, so the sweep can name its rungs.
                 f.early_stopping
+                    .map(|mut es| {
+                        if f.trainer.is_some() {
+                            es.max_epochs = Some(most_epochs(f));
+                        }
+                        es
+                    })
                     .as_ref()
                     .map(serde_json::to_string)
                     .transpose()

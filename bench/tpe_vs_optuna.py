@@ -7,7 +7,8 @@ flight, the oldest completes first), then the side-by-side summary.
 
 RUST_RESULTS.jsonl holds search_bench's lines; the summary is a Markdown table
 of the median and quartiles of the best true value found, and the median
-regret against the known optimum.
+regret against the known optimum, then one-sided Mann-Whitney U tests over
+the seeds (is one sampler's best worse than the other's?).
 """
 import collections
 import json
@@ -16,6 +17,7 @@ import sys
 
 import numpy as np
 import optuna
+from scipy.stats import mannwhitneyu
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -111,6 +113,20 @@ def main():
             print(
                 f"| {fname} ({OPTIMUM[fname]}) | {sampler} | {med:.4f} | {q1:.4f} to {q3:.4f} | {med - OPTIMUM[fname]:.4f} |"
             )
+    # Is sweepfold worse (its best values larger, all minimised)? A one-sided
+    # Mann-Whitney U test per function: a small p says it is; a large one
+    # that the seeds show no such difference.
+    print()
+    print("| function | p (sweepfold worse than Optuna) | p (Optuna worse than sweepfold) | p (random worse than sweepfold) |")
+    print("|---|---|---|---|")
+    for fname in SPACES:
+        ours = results[(fname, "sweepfold-tpe")]
+        theirs = results[(fname, "optuna-tpe")]
+        rand = results[(fname, "random")]
+        p_worse = mannwhitneyu(ours, theirs, alternative="greater").pvalue
+        p_better = mannwhitneyu(theirs, ours, alternative="greater").pvalue
+        p_random = mannwhitneyu(rand, ours, alternative="greater").pvalue
+        print(f"| {fname} | {p_worse:.3f} | {p_better:.3f} | {p_random:.2g} |")
 
 
 if __name__ == "__main__":

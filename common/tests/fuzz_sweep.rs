@@ -81,6 +81,7 @@ const EXAMPLES: &[&str] = &[
     include_str!("../../examples/sweeps/demo.yaml"),
     include_str!("../../examples/sweeps/logreg-command.yaml"),
     include_str!("../../examples/sweeps/resnet-lr-ls.yaml"),
+    include_str!("../../examples/sweeps/tpe-asha.yaml"),
 ];
 
 fn cases() -> u32 {
@@ -102,7 +103,18 @@ fn check(src: &str) {
                 "{} jobs over the cap",
                 sweep.num_jobs()
             );
-            assert!(!sweep.configurations.is_empty());
+            if sweep.file.method.incremental() {
+                // A tpe sweep's configurations are proposed while it runs.
+                assert!(sweep.configurations.is_empty());
+                let planned = sweep.planned_configurations();
+                assert!(planned >= 1);
+                assert!(
+                    planned * u64::from(sweep.folds()) <= limits.max_jobs,
+                    "{planned} configurations over the cap"
+                );
+            } else {
+                assert!(!sweep.configurations.is_empty());
+            }
             for (i, c) in sweep.configurations.iter().enumerate() {
                 assert_eq!(c.index as usize, i, "configurations numbered in order");
             }

@@ -250,7 +250,7 @@ fn print_search_dry_run(sweep: &Sweep, json: bool) -> anyhow::Result<()> {
     }
     out!("{}", t.render());
     outln!(
-        "start-up draws (random, before {} configurations complete; the model proposes the rest from their results):",
+        "start-up draws (random, until {} configurations have finished, complete or stopped; the model proposes the rest from their results):",
         settings.n_startup_trials
     );
     let mut t = Table::new(vec!["CONFIG", "PARAMETERS"]);

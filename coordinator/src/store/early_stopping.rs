@@ -285,13 +285,15 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Configurations of a sweep that are not stopped and have open jobs.
+    /// Configurations of a sweep that are not stopped and have a fold
+    /// assigned or running (only those can reach a rung; a queued one is
+    /// judged by the epochs it reports once it runs).
     pub fn configs_to_judge(&self, sweep: SweepId) -> Result<Vec<u32>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT DISTINCT j.config_index FROM jobs j JOIN configurations c \
              ON c.sweep_id = j.sweep_id AND c.config_index = j.config_index \
              WHERE j.sweep_id = ?1 AND c.stopped_at_epoch IS NULL \
-             AND j.state IN ('queued', 'assigned', 'running') ORDER BY j.config_index",
+             AND j.state IN ('assigned', 'running') ORDER BY j.config_index",
         )?;
         let rows = stmt.query_map([sweep.0], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -26,7 +26,7 @@ use sweepfold_common::{JobId, JobState, SweepId};
 
 use crate::error::Result;
 use crate::state::{CoordinatorHandle, Core, ToAgent, now_ms};
-use crate::store::{EventRecord, JobRecord, SweepRecord};
+use crate::store::{EventRecord, JobRecord, RungSweep};
 
 /// How often the service looks at every sweep with early stopping.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -41,13 +41,11 @@ fn max_epochs(es: &EarlyStopping, spec_json: &str) -> u32 {
 }
 
 impl Core {
-    /// Judges `job`'s configuration at every rung its folds have all
-    /// reached and that has no decision yet (see the module's doc). Returns
-    /// the state changes of the folds it cancelled.
-    pub fn judge_rungs(&mut self, sweep: &SweepRecord, config: u32) -> Result<Vec<EventRecord>> {
-        let Some(es) = sweep.early_stopping else {
-            return Ok(Vec::new());
-        };
+    /// Judges a configuration at every rung its folds have all reached and
+    /// that has no decision yet (see the module's doc). Returns the state
+    /// changes of the folds it cancelled.
+    pub fn judge_rungs(&mut self, sweep: &RungSweep, config: u32) -> Result<Vec<EventRecord>> {
+        let es = sweep.es;
         let Some((spec_json, stopped)) = self.store.config_for_rungs(sweep.id, config)? else {
             return Ok(Vec::new());
         };
@@ -126,12 +124,10 @@ impl Core {
         sweep: SweepId,
         now: i64,
     ) -> Result<(Vec<EventRecord>, Vec<JobRecord>)> {
-        let Some(record) = self.store.get_sweep(sweep)? else {
+        let Some(record) = self.store.rung_sweep(sweep)? else {
             return Ok((Vec::new(), Vec::new()));
         };
-        let Some(es) = record.early_stopping else {
-            return Ok((Vec::new(), Vec::new()));
-        };
+        let es = record.es;
         let mut events = Vec::new();
         for config in self.store.configs_to_judge(sweep)? {
             events.extend(self.judge_rungs(&record, config)?);

@@ -64,9 +64,7 @@ impl Core {
                             at_ms: now,
                         },
                     )?;
-                    if let Some(sweep) = self.store.get_sweep(current.sweep_id)?
-                        && sweep.early_stopping.is_some()
-                    {
+                    if let Some(sweep) = self.store.rung_sweep(current.sweep_id)? {
                         fx.events
                             .extend(self.judge_rungs(&sweep, current.config_index)?);
                     }
@@ -115,11 +113,10 @@ impl Core {
                     }
                     let succeeded = matches!(outcome, Outcome::Succeeded { .. });
                     if succeeded
-                        && let Some(sweep) = self.store.get_sweep(current.sweep_id)?
-                        && sweep.early_stopping.is_some()
+                        && self.store.rung_sweep(current.sweep_id)?.is_some()
                         && self.store.metrics(job)?.is_empty()
                     {
-                        self.note_no_epoch_metrics(sweep.id, job);
+                        self.note_no_epoch_metrics(current.sweep_id, job);
                     }
                     let done = self.finish(job, attempt, Some(agent), outcome, now)?;
                     if succeeded && f.peak_gpu_memory_bytes > 0 {

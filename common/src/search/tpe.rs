@@ -190,32 +190,16 @@ impl Model {
         // by their objective, stopped ones after them by the rung they
         // reached (later first). Each group keeps proposal order (the
         // weights favour the newest).
-        let mut complete: Vec<(usize, f64)> = trials
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| match t.state {
-                TrialState::Complete(v) => Some((i, v)),
-                _ => None,
+        let mut ranked: Vec<usize> = (0..trials.len())
+            .filter(|&i| {
+                matches!(
+                    trials[i].state,
+                    TrialState::Complete(_) | TrialState::Stopped(_)
+                )
             })
             .collect();
-        complete.sort_by(|a, b| match goal {
-            Goal::Maximize => b.1.total_cmp(&a.1),
-            Goal::Minimize => a.1.total_cmp(&b.1),
-        });
-        let mut stopped: Vec<(usize, u32)> = trials
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| match t.state {
-                TrialState::Stopped(epoch) => Some((i, epoch)),
-                _ => None,
-            })
-            .collect();
-        stopped.sort_by_key(|s| std::cmp::Reverse(s.1));
-        let ranked: Vec<usize> = complete
-            .iter()
-            .map(|c| c.0)
-            .chain(stopped.iter().map(|s| s.0))
-            .collect();
+        // A stable sort: ties keep proposal order.
+        ranked.sort_by(|&a, &b| finished_order(goal, trials[a].state, trials[b].state));
         let n_below = gamma(ranked.len()).min(ranked.len());
         let mut is_below = vec![false; trials.len()];
         for &i in &ranked[..n_below] {
@@ -293,6 +277,22 @@ impl Model {
                 (name.clone(), v)
             })
             .collect()
+    }
+}
+
+/// Best first among finished trials: complete ones by their objective,
+/// then stopped ones by the rung they reached, later first.
+fn finished_order(goal: Goal, a: TrialState, b: TrialState) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a, b) {
+        (TrialState::Complete(x), TrialState::Complete(y)) => match goal {
+            Goal::Maximize => y.total_cmp(&x),
+            Goal::Minimize => x.total_cmp(&y),
+        },
+        (TrialState::Complete(_), _) => Ordering::Less,
+        (_, TrialState::Complete(_)) => Ordering::Greater,
+        (TrialState::Stopped(e), TrialState::Stopped(f)) => f.cmp(&e),
+        _ => Ordering::Equal,
     }
 }
 

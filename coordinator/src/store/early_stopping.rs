@@ -10,11 +10,11 @@ use std::collections::HashMap;
 
 use rusqlite::{OptionalExtension, params};
 use sweepfold_common::search::asha::Decision;
-use sweepfold_common::sweep::RungMetric;
+use sweepfold_common::sweep::{EarlyStopping, RungMetric};
 use sweepfold_common::{JobId, JobState, SweepId};
 
 use super::{EventRecord, JOB_SELECT, JobRecord, Store, job_from_row, set_state};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Jobs cancelled, each with its state change, and the sweeps that
 /// finished with them.
@@ -172,19 +172,6 @@ impl Store {
         Ok(Some(stop))
     }
 
-    /// When a job was asked to finish now, if it was.
-    pub fn finish_requested_at(&self, job: JobId) -> Result<Option<i64>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT finish_requested_at_ms FROM jobs WHERE id = ?1",
-                [job.0],
-                |r| r.get::<_, Option<i64>>(0),
-            )
-            .optional()?
-            .flatten())
-    }
-
     /// Jobs of a sweep's stopped configurations that are still open: the
     /// active ones with when they were asked to finish (None: not yet,
     /// e.g. requeued and started again), and the queued ones.
@@ -198,12 +185,21 @@ impl Store {
         let jobs: Vec<JobRecord> = stmt
             .query_map([sweep.0], job_from_row)?
             .collect::<rusqlite::Result<_>>()?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            let at = self.finish_requested_at(j.id)?;
-            out.push((j, at));
-        }
-        Ok(out)
+        let asked: HashMap<i64, i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, finish_requested_at_ms FROM jobs \
+                 WHERE sweep_id = ?1 AND finish_requested_at_ms IS NOT NULL",
+            )?
+            .query_map([sweep.0], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(jobs
+            .into_iter()
+            .map(|j| {
+                let at = asked.get(&j.id.0).copied();
+                (j, at)
+            })
+            .collect())
     }
 
     /// Marks an active job asked to finish now (a fold of a stopped
@@ -257,7 +253,43 @@ impl Store {
     }
 }
 
+/// What judging a sweep's rungs needs of it: its id, its fold count and
+/// its `early_stopping:` section.
+#[derive(Debug, Clone, Copy)]
+pub struct RungSweep {
+    pub id: SweepId,
+    pub folds: u32,
+    pub es: EarlyStopping,
+}
+
 impl Store {
+    /// A sweep's early stopping, if it has one: one row, without the job
+    /// counts and the file `get_sweep` reads (this runs on every epoch
+    /// update).
+    pub fn rung_sweep(&self, sweep: SweepId) -> Result<Option<RungSweep>> {
+        let row: Option<(u32, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT folds, early_stopping FROM sweeps WHERE id = ?1",
+                [sweep.0],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((folds, Some(json))) = row else {
+            return Ok(None);
+        };
+        let es = serde_json::from_str(&json).map_err(|e| {
+            Error::Internal(format!(
+                "sweep {sweep}: stored early_stopping is unreadable: {e}"
+            ))
+        })?;
+        Ok(Some(RungSweep {
+            id: sweep,
+            folds,
+            es,
+        }))
+    }
+
     /// A configuration's resolved spec (JSON) and the rung it was stopped
     /// at, if it exists.
     pub fn config_for_rungs(

@@ -29,7 +29,7 @@ mod tokens;
 
 pub use agents::{AgentRecord, DatasetRecord};
 pub use deletion::DeletedSweep;
-pub use early_stopping::Stop;
+pub use early_stopping::{RungSweep, Stop};
 pub use ensembles::{ConfigStats, CurvePoint, EnsembleRecord};
 pub use imports::{IMPORT_AGENT, NewImport};
 pub use lifecycle::{AssignmentInfo, Finished, Outcome, QueuedJob};

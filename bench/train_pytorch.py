@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch eager baseline for trainer-core's throughput: torchvision
-ResNet-50, 224 px, batch 128, AdamW, autocast fp16 with GradScaler,
+ResNet-50, 224 px, batch 128, AdamW, autocast fp16 with GradScaler (or bf16),
 channels-last, synthetic data already on the GPU (no data loader: an upper
 bound for PyTorch). With --augment, a GPU augmentation comparable to
 sweepfold's (flip, affine resampling, noise, brightness/contrast).
@@ -39,12 +39,15 @@ def main():
     ap.add_argument("--augment", action="store_true")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--precision", choices=["fp16", "bf16"], default="fp16",
+                    help="autocast dtype (fp16 with GradScaler; bf16 needs none)")
     args = ap.parse_args()
     dev = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     model = torchvision.models.resnet50(num_classes=500).to(dev).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.05)
     scaler = torch.amp.GradScaler("cuda")
+    dtype = torch.float16 if args.precision == "fp16" else torch.bfloat16
     images = torch.randint(0, 256, (args.batch * 4, 224, 224, 3), dtype=torch.uint8, device=dev)
     targets = torch.randint(0, 500, (args.batch * 4,), device=dev)
     mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
@@ -58,11 +61,15 @@ def main():
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
         y = targets[j:j + args.batch]
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.float16):
+        with torch.autocast("cuda", dtype=dtype):
             loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        if args.precision == "fp16":
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
 
     for i in range(15):
         step(i)
@@ -72,7 +79,7 @@ def main():
         step(i)
     torch.cuda.synchronize()
     rate = args.steps * args.batch / (time.perf_counter() - start)
-    print(f"pytorch eager: resnet50 224px batch {args.batch} fp16 autocast channels-last "
+    print(f"pytorch eager: resnet50 224px batch {args.batch} {args.precision} autocast channels-last "
           f"augment={int(args.augment)} on {torch.cuda.get_device_name()}: {rate:.0f} images/s")
 
 

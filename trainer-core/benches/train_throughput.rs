@@ -21,6 +21,8 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 fn main() {
     let device = if tch::Cuda::is_available() {
+        // As the agent's jobs run (trainer_core::run_job).
+        tch::Cuda::cudnn_set_benchmark(true);
         Device::Cuda(0)
     } else {
         Device::Cpu

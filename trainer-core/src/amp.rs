@@ -44,21 +44,25 @@ impl LossScaler {
 
     /// Divides every defined gradient of `params` by the scale, in place,
     /// and returns true if all of them are finite (one device sync).
+    ///
+    /// The finiteness check runs over one concatenation of the gradients:
+    /// two kernels for the whole model instead of two per parameter (tch
+    /// has no `_amp_foreach_non_finite_check_and_unscale_`).
     pub fn unscale_and_check(&self, params: &[Tensor]) -> bool {
         let inv = 1.0 / self.scale;
-        let mut maxima = Vec::with_capacity(params.len());
+        let mut flat = Vec::with_capacity(params.len());
         for p in params {
             let mut g = p.grad();
             if !g.defined() {
                 continue;
             }
             let _ = g.g_mul_scalar_(inv);
-            maxima.push(g.abs().max());
+            flat.push(g.reshape([-1]));
         }
-        if maxima.is_empty() {
+        if flat.is_empty() {
             return true;
         }
-        Tensor::stack(&maxima, 0).isfinite().all().int64_value(&[]) == 1
+        Tensor::cat(&flat, 0).isfinite().all().int64_value(&[]) == 1
     }
 
     /// Records the outcome of one step; returns whether the optimizer may

@@ -1,6 +1,7 @@
 //! Training throughput of the real training path (`train_fold`: prefetch,
-//! on-device augmentation, autocast with loss scaling, channels-last) on
-//! synthetic data: ResNet-50 at 224 px, batch 128, fp16, 500 classes.
+//! on-device augmentation, autocast with loss scaling, channels-last, the
+//! flat optimizer) on synthetic data: ResNet-50 at 224 px, batch 128, fp16,
+//! 500 classes.
 //! `scripts/bench-gpu.sh` runs it next to PyTorch eager on the same GPU.
 //!
 //! Environment: SWEEPFOLD_BENCH_MODEL (resnet50), SWEEPFOLD_BENCH_SIZE (224),
@@ -35,9 +36,22 @@ fn main() {
         "bf16" => Precision::Bf16,
         _ => Precision::Fp16,
     };
+    // With augmentation: the same work as bench/train_pytorch.py's
+    // `augment` (flip, rotation/scale/shift in one resampling on every
+    // image, noise on a fifth, contrast on every image).
     let augment = if env("SWEEPFOLD_BENCH_AUGMENT", 1) == 1 {
-        let mut a = AugmentConfig::default();
+        let mut a = AugmentConfig::none();
         a.hflip.p = 0.5;
+        a.affine.p = 1.0;
+        a.affine.degrees = 0.25f64.to_degrees();
+        a.affine.scale = 0.1;
+        a.affine.shift = 0.0625;
+        a.affine.shear = 0.0;
+        a.noise.p = 0.2;
+        a.noise.std = 0.05;
+        a.brightness_contrast.p = 1.0;
+        a.brightness_contrast.brightness = 0.0;
+        a.brightness_contrast.contrast = 0.2;
         a
     } else {
         AugmentConfig::none()

@@ -9,6 +9,83 @@
 
 use tch::Tensor;
 
+/// fp16 autocast over a scope (a training epoch, a prediction pass) rather
+/// than around each forward call: `tch::autocast` goes through libtorch's
+/// deprecated global switches, which print a warning on every call, and
+/// toggles them twice per batch.
+///
+/// Autocast caches the half-precision copy of each weight while it is on,
+/// so after every optimizer step [`Autocast::weights_changed`] must drop
+/// that cache (`tch::autocast` clears it when its scope ends). Backward
+/// passes run inside the scope: autocast only changes the ops of its
+/// lists, and in a backward pass their inputs already have the dtypes the
+/// forward pass chose, so nothing is cast there.
+pub struct Autocast {
+    active: bool,
+    previous: bool,
+}
+
+// The libtorch C API has no safe wrapper for these in tch (which keeps its
+// own private); each call only flips thread-local autocast state.
+#[allow(unsafe_code)]
+mod ffi {
+    pub fn set_enabled(on: bool) -> bool {
+        // SAFETY: no pointers; libtch's wrapper catches C++ exceptions.
+        unsafe { torch_sys::at_autocast_set_enabled(i32::from(on)) != 0 }
+    }
+    pub fn increment_nesting() {
+        // SAFETY: as above.
+        unsafe {
+            torch_sys::at_autocast_increment_nesting();
+        }
+    }
+    pub fn decrement_nesting() -> i32 {
+        // SAFETY: as above.
+        unsafe { torch_sys::at_autocast_decrement_nesting() }
+    }
+    pub fn clear_cache() {
+        // SAFETY: as above.
+        unsafe { torch_sys::at_autocast_clear_cache() }
+    }
+}
+
+impl Autocast {
+    /// Turns fp16 autocast on until the guard drops (nothing when `enabled`
+    /// is false).
+    pub fn enter(enabled: bool) -> Autocast {
+        if !enabled {
+            return Autocast {
+                active: false,
+                previous: false,
+            };
+        }
+        let previous = ffi::set_enabled(true);
+        ffi::increment_nesting();
+        Autocast {
+            active: true,
+            previous,
+        }
+    }
+
+    /// Forgets the cached half-precision weights (call after a step).
+    pub fn weights_changed(&self) {
+        if self.active {
+            ffi::clear_cache();
+        }
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        if self.active {
+            if ffi::decrement_nesting() == 0 {
+                ffi::clear_cache();
+            }
+            ffi::set_enabled(self.previous);
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LossScaler {
     pub scale: f64,
@@ -42,27 +119,24 @@ impl LossScaler {
         }
     }
 
-    /// Divides every defined gradient of `params` by the scale, in place,
-    /// and returns true if all of them are finite (one device sync).
-    ///
-    /// The finiteness check runs over one concatenation of the gradients:
-    /// two kernels for the whole model instead of two per parameter (tch
-    /// has no `_amp_foreach_non_finite_check_and_unscale_`).
-    pub fn unscale_and_check(&self, params: &[Tensor]) -> bool {
+    /// Divides the gradients by the scale, in place, and returns true if
+    /// all of them are finite (one device sync). With the flat optimizer
+    /// (`optim.rs`) `grads` is one tensor per dtype: three kernels in all.
+    pub fn unscale_and_check(&self, grads: &[Tensor]) -> bool {
         let inv = 1.0 / self.scale;
-        let mut flat = Vec::with_capacity(params.len());
-        for p in params {
-            let mut g = p.grad();
+        let mut finite = Vec::with_capacity(grads.len());
+        for g in grads {
             if !g.defined() {
                 continue;
             }
-            let _ = g.g_mul_scalar_(inv);
-            flat.push(g.reshape([-1]));
+            let _ = g.shallow_clone().g_mul_scalar_(inv);
+            finite.push(g.isfinite().all());
         }
-        if flat.is_empty() {
-            return true;
+        match finite.len() {
+            0 => true,
+            1 => finite[0].int64_value(&[]) == 1,
+            _ => Tensor::stack(&finite, 0).all().int64_value(&[]) == 1,
         }
-        Tensor::cat(&flat, 0).isfinite().all().int64_value(&[]) == 1
     }
 
     /// Records the outcome of one step; returns whether the optimizer may
@@ -124,7 +198,8 @@ mod tests {
         }
         opt.zero_grad();
         (loss * scaler.scale).backward();
-        let finite = scaler.unscale_and_check(&vs.trainable_variables());
+        let grads: Vec<Tensor> = vs.trainable_variables().iter().map(Tensor::grad).collect();
+        let finite = scaler.unscale_and_check(&grads);
         if scaler.update(finite) {
             opt.step();
         }
@@ -149,7 +224,7 @@ mod tests {
         let loss = (&w * 2.0).sum(Kind::Float) * 1024.0;
         loss.backward();
         let s = LossScaler::with_scale(1024.0);
-        assert!(s.unscale_and_check(&[w.shallow_clone()]));
+        assert!(s.unscale_and_check(&[w.grad()]));
         assert!(
             w.grad()
                 .allclose(&Tensor::from_slice(&[2.0f32, 2.0, 2.0]), 1e-6, 1e-6, false)

@@ -161,7 +161,7 @@ impl Augmenter {
         }
         let sum: f32 = kernel.iter().sum();
         let weight = Tensor::from_slice(&kernel)
-            .to_device(x.device())
+            .to_device_(x.device(), Kind::Float, true, false)
             .to_kind(x.kind())
             .view([1, 1, k, k])
             .repeat([3, 1, 1, 1])
@@ -198,7 +198,8 @@ impl Augmenter {
         }
         let canvas = Tensor::from_slice(&canvas)
             .view([b, 1, font::GLYPH_H as i64, canvas_w as i64])
-            .to_device(dev);
+            // Asynchronous: a blocking copy would stall the host every batch.
+            .to_device_(dev, Kind::Float, true, false);
         // Text height 8-20% of the image, random position and tilt.
         let half_h = uniform(b, 0.08, 0.2, dev);
         let aspect = canvas_w as f64 / font::GLYPH_H as f64 * (h as f64 / w as f64);

@@ -12,6 +12,7 @@ pub mod error;
 pub mod font;
 pub mod job;
 pub mod model;
+pub mod optim;
 pub mod preprocess;
 pub mod schedule;
 pub mod train;

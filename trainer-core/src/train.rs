@@ -13,13 +13,13 @@ use serde::{Deserialize, Serialize};
 use sweepfold_common::job_protocol::{ChildEvent, EpochReport};
 use sweepfold_common::rng::Rng;
 use sweepfold_common::trainer_config::{OptimizerKind, Precision, TrainerConfig, TtaView};
-use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::amp::LossScaler;
+use crate::amp::{Autocast, LossScaler};
 use crate::augment::Augmenter;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::optim::{Algorithm, FlatOptimizer};
 use crate::schedule::lr_at;
 
 /// ImageNet statistics (what pretrained backbones expect).
@@ -119,7 +119,8 @@ fn config_hash(cfg: &TrainerConfig, seed: u64) -> String {
     hex::encode(h.finalize())[..16].to_string()
 }
 
-/// uint8 HWC batch -> float NCHW (channels-last strides) in [0, 1].
+/// uint8 HWC batch -> float NCHW (channels-last strides) in [0, 1]. The
+/// copy to the device does not block the host (the batch is pinned).
 fn to_unit(batch: &Tensor, device: Device) -> Tensor {
     batch
         .to_device_(device, Kind::Uint8, true, false)
@@ -128,36 +129,73 @@ fn to_unit(batch: &Tensor, device: Device) -> Tensor {
         / 255.0
 }
 
-fn normalize(x: &Tensor) -> Tensor {
-    let dev = x.device();
-    let mean = Tensor::from_slice(&MEAN)
-        .to_kind(Kind::Float)
-        .to_device(dev)
-        .view([1, 3, 1, 1]);
-    let std = Tensor::from_slice(&STD)
-        .to_kind(Kind::Float)
-        .to_device(dev)
-        .view([1, 3, 1, 1]);
-    (x - mean) / std
+/// ImageNet normalisation with its constants kept on the device (made once:
+/// a copy from the host per batch would block the host each time).
+struct Normalizer {
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Normalizer {
+    fn new(device: Device) -> Normalizer {
+        let stat = |v: &[f64; 3]| {
+            Tensor::from_slice(v)
+                .to_kind(Kind::Float)
+                .to_device(device)
+                .view([1, 3, 1, 1])
+        };
+        Normalizer {
+            mean: stat(&MEAN),
+            std: stat(&STD),
+        }
+    }
+
+    fn apply(&self, x: &Tensor) -> Tensor {
+        (x - &self.mean) / &self.std
+    }
+}
+
+/// One batch from [`prefetch`]: images (uint8 HWC, pinned when the model
+/// runs on CUDA) and their targets.
+struct Batch {
+    images: Tensor,
+    targets: Tensor,
+    len: usize,
 }
 
 /// Batches of rows gathered on a background thread (pinned when the model
-/// runs on CUDA), so the device does not wait for the host.
+/// runs on CUDA), so the device does not wait for the host. `targets` is
+/// the target of every row of `images` (empty for test images).
 fn prefetch(
     images: &Tensor,
+    targets: &[i64],
     batches: Vec<Vec<i64>>,
     pin: bool,
-) -> mpsc::Receiver<(Tensor, Vec<i64>)> {
+) -> mpsc::Receiver<Batch> {
     let (tx, rx) = mpsc::sync_channel(3);
     let images = images.shallow_clone();
+    let all_targets = targets.to_vec();
     std::thread::spawn(move || {
         for rows in batches {
             let idx = Tensor::from_slice(&rows);
-            let mut batch = images.index_select(0, &idx);
+            let mut images = images.index_select(0, &idx);
+            let t: Vec<i64> = if all_targets.is_empty() {
+                Vec::new()
+            } else {
+                rows.iter().map(|&r| all_targets[r as usize]).collect()
+            };
+            // The targets are tiny: an asynchronous copy from pageable
+            // memory goes through a staging buffer and does not block.
+            let targets = Tensor::from_slice(&t);
             if pin {
-                batch = batch.pin_memory(Device::Cuda(0));
+                images = images.pin_memory(Device::Cuda(0));
             }
-            if tx.send((batch, rows)).is_err() {
+            let batch = Batch {
+                images,
+                targets,
+                len: rows.len(),
+            };
+            if tx.send(batch).is_err() {
                 break;
             }
         }
@@ -171,6 +209,7 @@ struct Trainer<'a> {
     device: Device,
     precision: Precision,
     model: Model,
+    normalizer: Normalizer,
 }
 
 impl Trainer<'_> {
@@ -182,12 +221,15 @@ impl Trainer<'_> {
         }
     }
 
-    /// Forward pass in the configured precision.
+    /// Forward pass in the configured precision (for fp16, inside an
+    /// [`Autocast`] scope).
     fn forward(&mut self, x: &Tensor, train: bool) -> Tensor {
         let x = x.to_kind(self.input_kind());
-        let fp16 = self.precision == Precision::Fp16;
-        let model = &mut self.model;
-        tch::autocast(fp16, || model.forward(&x, train)).to_kind(Kind::Float)
+        self.model.forward(&x, train).to_kind(Kind::Float)
+    }
+
+    fn fp16(&self) -> bool {
+        self.precision == Precision::Fp16
     }
 
     /// Logits of `rows` of `images`, averaged over the TTA views.
@@ -197,9 +239,10 @@ impl Trainer<'_> {
         let pin = self.device.is_cuda();
         let batches: Vec<Vec<i64>> = rows.chunks(batch.max(1)).map(<[i64]>::to_vec).collect();
         let mut out = Vec::with_capacity(batches.len());
+        let _autocast = Autocast::enter(self.fp16());
         tch::no_grad(|| {
-            for (b, _) in prefetch(images, batches, pin) {
-                let x = normalize(&to_unit(&b, self.device));
+            for b in prefetch(images, &[], batches, pin) {
+                let x = self.normalizer.apply(&to_unit(&b.images, self.device));
                 let mut sum: Option<Tensor> = None;
                 for view in &views {
                     let input = match view {
@@ -295,20 +338,15 @@ pub fn train_fold(
     if device.is_cuda() && cfg.channels_last {
         model.to_channels_last();
     }
-    let mut opt = match cfg.optimizer {
-        OptimizerKind::Adamw => nn::AdamW {
-            wd: cfg.weight_decay,
-            ..Default::default()
-        }
-        .build(&model.vs, cfg.lr)?,
-        OptimizerKind::Sgd => nn::Sgd {
+    let algorithm = match cfg.optimizer {
+        OptimizerKind::Adamw => Algorithm::adamw(cfg.weight_decay),
+        OptimizerKind::Sgd => Algorithm::Sgd {
             momentum: cfg.momentum,
-            dampening: 0.0,
-            wd: cfg.weight_decay,
+            weight_decay: cfg.weight_decay,
             nesterov: cfg.nesterov,
-        }
-        .build(&model.vs, cfg.lr)?,
+        },
     };
+    let mut opt = FlatOptimizer::new(&model.vs, algorithm, cfg.lr)?;
     let mut scaler = LossScaler::with_scale(state.loss_scale);
     let mut trainer = Trainer {
         cfg,
@@ -316,6 +354,7 @@ pub fn train_fold(
         device,
         precision,
         model,
+        normalizer: Normalizer::new(device),
     };
     let mut augmenter = Augmenter::new(cfg.augment.clone(), opts.seed ^ 0xA5A5);
     let batch = cfg.batch_size as usize;
@@ -329,6 +368,7 @@ pub fn train_fold(
         let freeze = epoch < cfg.freeze_epochs;
         if frozen != Some(freeze) {
             let k = trainer.model.set_frozen(freeze, cfg.freeze_fraction);
+            opt.refresh_frozen();
             if freeze {
                 log(format!(
                     "epoch {}: {k} early parameter tensors frozen",
@@ -348,14 +388,19 @@ pub fn train_fold(
         let epoch_start = Instant::now();
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
         let mut images = 0usize;
-        let params = trainer.model.vs.trainable_variables();
-        let batches = prefetch(data.train_images, batches, device.is_cuda());
-        for (i, (b, rows)) in batches.into_iter().enumerate() {
+        let batches = prefetch(
+            data.train_images,
+            data.targets,
+            batches,
+            device.is_cuda(),
+        );
+        let autocast = Autocast::enter(trainer.fp16());
+        for (i, b) in batches.into_iter().enumerate() {
             let step = u64::from(epoch) * steps_per_epoch + i as u64;
             opt.set_lr(lr_at(cfg, step, steps_per_epoch));
-            let x = to_unit(&b, device);
-            let x = normalize(&augmenter.apply(&x));
-            let y = trainer.targets(&rows).to_device(device);
+            let x = to_unit(&b.images, device);
+            let x = trainer.normalizer.apply(&augmenter.apply(&x));
+            let y = b.targets.to_device_(device, Kind::Int64, true, false);
             opt.zero_grad();
             let logits = trainer.forward(&x, true);
             let loss = logits.cross_entropy_loss::<Tensor>(
@@ -367,7 +412,7 @@ pub fn train_fold(
             );
             let step_ok = if precision == Precision::Fp16 {
                 (&loss * scaler.scale).backward();
-                let finite = scaler.unscale_and_check(&params);
+                let finite = scaler.unscale_and_check(&opt.grads());
                 scaler.update(finite)
             } else {
                 loss.backward();
@@ -378,10 +423,12 @@ pub fn train_fold(
                     opt.clip_grad_norm(max);
                 }
                 opt.step();
+                autocast.weights_changed();
             }
             loss_sum += loss.detach();
-            images += rows.len();
+            images += b.len;
         }
+        drop(autocast);
         let train_loss = loss_sum.double_value(&[]) / steps_per_epoch as f64;
         let train_seconds = epoch_start.elapsed().as_secs_f64();
         let val_logits = trainer.predict(data.train_images, data.val_rows);

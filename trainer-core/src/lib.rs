@@ -14,6 +14,7 @@ pub mod job;
 pub mod model;
 pub mod optim;
 pub mod preprocess;
+pub mod resnet;
 pub mod schedule;
 pub mod train;
 

@@ -1,7 +1,7 @@
-//! The networks: tch's vision models (ResNet, EfficientNet, DenseNet,
-//! Inception-v3), a small fast CNN for CPU runs, and TorchScript models
-//! exported from timm (`torchscript:/path/model.pt`) with a classifier
-//! sized to the data.
+//! The networks: ResNets (`resnet.rs`: tch's, with in-place activations),
+//! tch's other vision models (EfficientNet, DenseNet, Inception-v3), a
+//! small fast CNN for CPU runs, and TorchScript models exported from timm
+//! (`torchscript:/path/model.pt`) with a classifier sized to the data.
 //!
 //! Pitfalls handled here: `TrainableCModule` ignores the `train` flag of
 //! `forward_t`, so train/eval mode is set explicitly; its buffers
@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 
 use sweepfold_common::trainer_config::{TORCHSCRIPT_PREFIX, TrainerConfig};
 use tch::nn::{self, ModuleT};
-use tch::vision::{densenet, efficientnet, inception, resnet};
+use tch::vision::{densenet, efficientnet, inception};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::resnet;
 
 enum Net {
     Native(Box<dyn ModuleT>),
@@ -74,23 +75,43 @@ impl Model {
         let (net, classifier): (Net, &'static str) = match cfg.model.as_str() {
             "small_cnn" => (Net::Native(Box::new(small_cnn(&root, classes))), "fc"),
             "resnet18" => (
-                Net::Native(Box::new(resnet::resnet18(&root, classes))),
+                Net::Native(Box::new(resnet::resnet(
+                    &root,
+                    classes,
+                    [2, 2, 2, 2],
+                    false,
+                ))),
                 "fc",
             ),
             "resnet34" => (
-                Net::Native(Box::new(resnet::resnet34(&root, classes))),
+                Net::Native(Box::new(resnet::resnet(
+                    &root,
+                    classes,
+                    [3, 4, 6, 3],
+                    false,
+                ))),
                 "fc",
             ),
             "resnet50" => (
-                Net::Native(Box::new(resnet::resnet50(&root, classes))),
+                Net::Native(Box::new(resnet::resnet(&root, classes, [3, 4, 6, 3], true))),
                 "fc",
             ),
             "resnet101" => (
-                Net::Native(Box::new(resnet::resnet101(&root, classes))),
+                Net::Native(Box::new(resnet::resnet(
+                    &root,
+                    classes,
+                    [3, 4, 23, 3],
+                    true,
+                ))),
                 "fc",
             ),
             "resnet152" => (
-                Net::Native(Box::new(resnet::resnet152(&root, classes))),
+                Net::Native(Box::new(resnet::resnet(
+                    &root,
+                    classes,
+                    [3, 8, 36, 3],
+                    true,
+                ))),
                 "fc",
             ),
             "efficientnet_b0" => (

@@ -1,5 +1,5 @@
 //! Training one fold: the team's recipe. Per epoch: shuffled batches from
-//! the uint8 image cache (prefetched on a thread), augmented on the device,
+//! the uint8 image cache (prefetched on a thread for CUDA), augmented on the device,
 //! forward/backward in the configured precision, optimizer step with a
 //! per-step learning rate; then validation (with test-time augmentation),
 //! an `epoch` event, checkpoints, early stopping. At the end the best
@@ -155,7 +155,7 @@ impl Normalizer {
     }
 }
 
-/// One batch from [`prefetch`]: images (uint8 HWC, pinned when the model
+/// One batch from [`batches`]: images (uint8 HWC, pinned when the model
 /// runs on CUDA) and their targets.
 struct Batch {
     images: Tensor,
@@ -163,44 +163,56 @@ struct Batch {
     len: usize,
 }
 
-/// Batches of rows gathered on a background thread (pinned when the model
-/// runs on CUDA), so the device does not wait for the host. `targets` is
-/// the target of every row of `images` (empty for test images).
-fn prefetch(
+/// Gathers the rows of one batch. `targets` is the target of every row of
+/// `images` (empty for test images).
+fn gather(images: &Tensor, targets: &[i64], rows: &[i64], pin: bool) -> Batch {
+    let idx = Tensor::from_slice(rows);
+    let mut batch = images.index_select(0, &idx);
+    let t: Vec<i64> = if targets.is_empty() {
+        Vec::new()
+    } else {
+        rows.iter().map(|&r| targets[r as usize]).collect()
+    };
+    if pin {
+        batch = batch.pin_memory(Device::Cuda(0));
+    }
+    // The targets are tiny: an asynchronous copy from pageable memory goes
+    // through a staging buffer and does not block.
+    Batch {
+        images: batch,
+        targets: Tensor::from_slice(&t),
+        len: rows.len(),
+    }
+}
+
+/// The batches of `rows` in order. For CUDA they are gathered and pinned on
+/// a background thread, so the device does not wait for the host. On the
+/// CPU they are gathered in line: a second thread calling into libtorch
+/// starts a second OpenMP team, whose threads then compete with the
+/// training math for the same cores (a tenth of the throughput on two).
+fn batches(
     images: &Tensor,
     targets: &[i64],
-    batches: Vec<Vec<i64>>,
-    pin: bool,
-) -> mpsc::Receiver<Batch> {
-    let (tx, rx) = mpsc::sync_channel(3);
+    rows: Vec<Vec<i64>>,
+    device: Device,
+) -> Box<dyn Iterator<Item = Batch>> {
     let images = images.shallow_clone();
-    let all_targets = targets.to_vec();
+    let targets = targets.to_vec();
+    if !device.is_cuda() {
+        return Box::new(
+            rows.into_iter()
+                .map(move |r| gather(&images, &targets, &r, false)),
+        );
+    }
+    let (tx, rx) = mpsc::sync_channel(3);
     std::thread::spawn(move || {
-        for rows in batches {
-            let idx = Tensor::from_slice(&rows);
-            let mut images = images.index_select(0, &idx);
-            let t: Vec<i64> = if all_targets.is_empty() {
-                Vec::new()
-            } else {
-                rows.iter().map(|&r| all_targets[r as usize]).collect()
-            };
-            // The targets are tiny: an asynchronous copy from pageable
-            // memory goes through a staging buffer and does not block.
-            let targets = Tensor::from_slice(&t);
-            if pin {
-                images = images.pin_memory(Device::Cuda(0));
-            }
-            let batch = Batch {
-                images,
-                targets,
-                len: rows.len(),
-            };
-            if tx.send(batch).is_err() {
+        for r in rows {
+            if tx.send(gather(&images, &targets, &r, true)).is_err() {
                 break;
             }
         }
     });
-    rx
+    Box::new(rx.into_iter())
 }
 
 struct Trainer<'a> {
@@ -236,12 +248,11 @@ impl Trainer<'_> {
     fn predict(&mut self, images: &Tensor, rows: &[i64]) -> Tensor {
         let batch = self.cfg.eval_batch() as usize;
         let views = self.cfg.tta.clone();
-        let pin = self.device.is_cuda();
-        let batches: Vec<Vec<i64>> = rows.chunks(batch.max(1)).map(<[i64]>::to_vec).collect();
-        let mut out = Vec::with_capacity(batches.len());
+        let chunks: Vec<Vec<i64>> = rows.chunks(batch.max(1)).map(<[i64]>::to_vec).collect();
+        let mut out = Vec::with_capacity(chunks.len());
         let _autocast = Autocast::enter(self.fp16());
         tch::no_grad(|| {
-            for b in prefetch(images, &[], batches, pin) {
+            for b in batches(images, &[], chunks, self.device) {
                 let x = self.normalizer.apply(&to_unit(&b.images, self.device));
                 let mut sum: Option<Tensor> = None;
                 for view in &views {
@@ -380,7 +391,7 @@ pub fn train_fold(
         // Shuffle, then whole batches (a lone remainder would upset batch norm).
         let mut rows = data.train_rows.to_vec();
         Rng::derived(opts.seed, u64::from(epoch)).shuffle(&mut rows);
-        let batches: Vec<Vec<i64>> = if n >= batch {
+        let rows_of_batches: Vec<Vec<i64>> = if n >= batch {
             rows.chunks_exact(batch).map(<[i64]>::to_vec).collect()
         } else {
             vec![rows]
@@ -388,20 +399,14 @@ pub fn train_fold(
         let epoch_start = Instant::now();
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
         let mut images = 0usize;
-        let batches = prefetch(
-            data.train_images,
-            data.targets,
-            batches,
-            device.is_cuda(),
-        );
+        let epoch_batches = batches(data.train_images, data.targets, rows_of_batches, device);
         let autocast = Autocast::enter(trainer.fp16());
-        for (i, b) in batches.into_iter().enumerate() {
+        for (i, b) in epoch_batches.enumerate() {
             let step = u64::from(epoch) * steps_per_epoch + i as u64;
             opt.set_lr(lr_at(cfg, step, steps_per_epoch));
             let x = to_unit(&b.images, device);
             let x = trainer.normalizer.apply(&augmenter.apply(&x));
             let y = b.targets.to_device_(device, Kind::Int64, true, false);
-            opt.zero_grad();
             let logits = trainer.forward(&x, true);
             let loss = logits.cross_entropy_loss::<Tensor>(
                 &y,
@@ -411,11 +416,11 @@ pub fn train_fold(
                 cfg.label_smoothing,
             );
             let step_ok = if precision == Precision::Fp16 {
-                (&loss * scaler.scale).backward();
+                opt.backward(&(&loss * scaler.scale));
                 let finite = scaler.unscale_and_check(&opt.grads());
                 scaler.update(finite)
             } else {
-                loss.backward();
+                opt.backward(&loss);
                 true
             };
             if step_ok {

@@ -11,6 +11,7 @@
 # points at that machine's torch 2.11.0 lib directory (default: python3's).
 #
 #   scripts/bench-gpu.sh [OUT_DIR]   (writes bench-gpu.txt and the runs' logs there)
+#   BENCH_PRECISIONS="fp16" scripts/bench-gpu.sh   (fp16 only; default "fp16 bf16")
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -25,7 +26,7 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)
 echo "GPU: ${gpu:-none}; $(date -u +%Y-%m-%dT%H:%MZ)" | tee -a "$out"
 rate() { sed -n 's/.*: \([0-9.]*\) images\/s$/\1/p' | tail -n1; }
 printf '%-6s %-8s %14s %14s %7s\n' precision augment "sweepfold/s" "pytorch/s" ratio | tee -a "$out"
-for precision in fp16 bf16; do
+for precision in ${BENCH_PRECISIONS:-fp16 bf16}; do
     for aug in 1 0; do
         flag=; [ "$aug" = 1 ] && flag=--augment
         t=$(SWEEPFOLD_BENCH_PRECISION=$precision SWEEPFOLD_BENCH_AUGMENT=$aug \

@@ -20,6 +20,9 @@
 # 5 if time remains, a scripted torchvision ConvNeXt-Tiny fine-tuned through
 # `torchscript:`. SWEEPFOLD_ACCEPTANCE_BUDGET (seconds, default 540) bounds the
 # whole run: a step that would not fit is skipped and says so.
+# SWEEPFOLD_ACCEPTANCE_STEPS (default "1 2 3 4 5") runs only some steps (the
+# agent always starts: steps 2, 3 and 5 need it); BENCH_PRECISIONS (default
+# "fp16 bf16") is passed on to bench-gpu.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -61,6 +64,8 @@ out=$(cd "$2" && pwd)
 no_cuda=0
 [ "${3:-}" = --no-cuda ] && no_cuda=1
 budget=${SWEEPFOLD_ACCEPTANCE_BUDGET:-540}
+steps=" ${SWEEPFOLD_ACCEPTANCE_STEPS:-1 2 3 4 5} "
+want() { case "$steps" in *" $1 "*) return 0 ;; esac; skip "$1" "not asked for (SWEEPFOLD_ACCEPTANCE_STEPS)"; return 1; }
 t0=$(date +%s)
 elapsed() { echo $(($(date +%s) - t0)); }
 left() { echo $((budget - $(elapsed))); }
@@ -124,7 +129,7 @@ gpu_flags=()
 if [ "$no_cuda" = 1 ]; then
     skip 1 "agent gpus against nvidia-smi (--no-cuda)"
     gpu_flags=(--cpu --cpu-slots 2)
-else
+elif want 1; then
     # A small foreign process, so that process readings are compared too.
     "$py" -c 'import torch, time, sys; x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda"); print("ready", flush=True); time.sleep(600)' >"$work/holder-small.out" 2>&1 &
     small=$!
@@ -189,6 +194,7 @@ fi
 
 # --- step 2 -----------------------------------------------------------------
 say "step 2: a sweep of the built-in trainer on the GPU"
+if want 2; then
 size=64
 [ "$no_cuda" = 1 ] && size=32
 cat >"$work/sweep.yaml" <<EOF
@@ -235,9 +241,13 @@ check 2 "a leaderboard of 2 complete configurations" bash -c "'$coord' leaderboa
 check 2 "an ensemble and a submission of every test row" bash -c "'$coord' ensemble gpu-resnet18 --method greedy --out '$out/submission.csv' && test \$(wc -l <'$out/submission.csv') -eq 1001"
 grep -h "img/s" "$work"/agent/jobs/*/log.txt 2>/dev/null | head -n 6 | tee "$out/epoch-lines.txt"
 
+fi
+
 # --- step 3 -----------------------------------------------------------------
 say "step 3: a foreign process, and a job that runs out of memory"
-if [ "$no_cuda" = 1 ]; then
+if ! want 3; then
+    :
+elif [ "$no_cuda" = 1 ]; then
     skip 3 "a foreign process is seen and respected; an out-of-memory job is requeued (--no-cuda)"
 elif [ "$(left)" -lt 200 ]; then
     skip 3 "foreign process and out of memory: $(left) s left of the budget"
@@ -333,7 +343,9 @@ fi
 
 # --- step 4 -----------------------------------------------------------------
 say "step 4: scripts/bench-gpu.sh"
-if [ "$no_cuda" = 1 ]; then
+if ! want 4; then
+    :
+elif [ "$no_cuda" = 1 ]; then
     check 4 "the PyTorch baseline parses" "$py" -m py_compile bench/train_pytorch.py
     check 4 "the sweepfold bench runs train_fold (CPU, tiny)" env SWEEPFOLD_BENCH_MODEL=resnet18 SWEEPFOLD_BENCH_SIZE=32 \
         SWEEPFOLD_BENCH_IMAGES=128 SWEEPFOLD_BENCH_BATCH=32 "$bin/train_throughput"
@@ -347,7 +359,9 @@ fi
 
 # --- step 5 -----------------------------------------------------------------
 say "step 5: a TorchScript ConvNeXt-Tiny"
-if [ "$(left)" -lt 90 ]; then
+if ! want 5; then
+    :
+elif [ "$(left)" -lt 90 ]; then
     skip 5 "ConvNeXt-Tiny: $(left) s left of the budget"
 else
     "$py" -c '

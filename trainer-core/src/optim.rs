@@ -170,6 +170,12 @@ impl FlatOptimizer {
         })
     }
 
+    /// Whether AdamW on CPU float buffers runs as the fused pass (the
+    /// default) or as tensor ops, as on a GPU (for benchmarks and tests).
+    pub fn set_fused_cpu(&mut self, on: bool) {
+        self.fused_cpu = on;
+    }
+
     pub fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
     }
@@ -509,7 +515,7 @@ mod tests {
             };
             let mut ours = flat.then(|| {
                 let mut o = FlatOptimizer::new(&vs, algorithm.clone(), lr).unwrap();
-                o.fused_cpu = fused_cpu;
+                o.set_fused_cpu(fused_cpu);
                 o
             });
             for _ in 0..steps {

@@ -64,17 +64,23 @@ fn main() {
     }
     .build(&tch_vs, 1e-3)
     .expect("optimizer");
-    time("forward + backward, tch's resnet18, zero_grad + .grad", || {
-        libtorch.zero_grad();
-        loss(&tch_net).backward();
-    });
+    time(
+        "forward + backward, tch's resnet18, zero_grad + .grad",
+        || {
+            libtorch.zero_grad();
+            loss(&tch_net).backward();
+        },
+    );
     time("optimizer step, libtorch's AdamW (per parameter)", || {
         libtorch.step();
     });
     let mut flat = FlatOptimizer::new(&vs, Algorithm::adamw(0.05), 1e-3).expect("optimizer");
-    time("forward + backward, ours, gradients into the flat buffer", || {
-        flat.backward(&loss(&net));
-    });
+    time(
+        "forward + backward, ours, gradients into the flat buffer",
+        || {
+            flat.backward(&loss(&net));
+        },
+    );
     time("optimizer step, flat AdamW, fused CPU pass", || flat.step());
     flat.set_fused_cpu(false);
     time("optimizer step, flat AdamW, tensor ops", || flat.step());

@@ -334,9 +334,14 @@ impl JobManager {
                 finished.gpu_seconds = started.elapsed().as_secs_f64();
             }
             // A job that failed on a full disk is not to blame: it costs no
-            // retry and waits for a disk with room.
+            // retry and waits for a disk with room. Its own ENOSPC counts
+            // too: the disk may have room again by now (old job dirs are
+            // removed in the background).
             if finished.outcome == pb::job_finished::Outcome::Failed as i32
-                && let Some(why) = this.disk_full()
+                && let Some(why) = this.disk_full().or_else(|| {
+                    ran_out_of_disk(&finished.log_tail)
+                        .then(|| "the job ran out of disk space".to_string())
+                })
             {
                 finished.disk_full = true;
                 finished.error = format!("{why} (the job said: {})", finished.error);
@@ -418,5 +423,27 @@ impl JobManager {
             *r.cancel_reason.lock().expect("reason") = reason.to_string();
             r.cancel.cancel();
         }
+    }
+}
+
+/// True when a job's log says a write failed for lack of space (ENOSPC, as
+/// the C library, Python and coreutils word it).
+fn ran_out_of_disk(log_tail: &str) -> bool {
+    log_tail.contains("No space left on device")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ran_out_of_disk;
+
+    #[test]
+    fn enospc_in_a_log_is_a_full_disk() {
+        assert!(ran_out_of_disk(
+            "head: error writing 'standard output': No space left on device"
+        ));
+        assert!(ran_out_of_disk(
+            "OSError: [Errno 28] No space left on device: 'out.npy'"
+        ));
+        assert!(!ran_out_of_disk("CUDA out of memory"));
     }
 }

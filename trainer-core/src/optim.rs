@@ -180,11 +180,6 @@ impl FlatOptimizer {
         self.lr = lr;
     }
 
-    /// Parameters in all groups.
-    pub fn numel(&self) -> i64 {
-        self.groups.iter().map(|g| g.params.numel() as i64).sum()
-    }
-
     /// Backpropagates `loss` and puts the gradient of every trainable
     /// parameter into the flat buffer (a frozen one's stays zero, as does
     /// that of a parameter the loss does not depend on).

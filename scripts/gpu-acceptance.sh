@@ -84,6 +84,12 @@ bin=${BIN:-$repo/dist}
 export BIN=$bin
 coord=$bin/coordinator
 agent=$bin/agent
+for b in "$coord" "$agent"; do
+    if [ ! -x "$b" ]; then
+        echo "no $(basename "$b") binary in $bin: run \`scripts/gpu-acceptance.sh prepare\` on a machine with cargo and copy dist/ along (or set BIN)" >&2
+        exit 2
+    fi
+done
 work=$(mktemp -d /tmp/sweepfold-acceptance.XXXXXX)
 summary=$out/summary.txt
 : >"$summary"

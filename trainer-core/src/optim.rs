@@ -623,7 +623,7 @@ mod tests {
         o.refresh_frozen();
         let before = frozen.copy();
         let (x, y) = data();
-        for _ in 0..3 {
+        let train_step = |o: &mut FlatOptimizer| {
             o.backward(&net.forward(&x).cross_entropy_loss::<Tensor>(
                 &y,
                 None,
@@ -632,18 +632,14 @@ mod tests {
                 0.0,
             ));
             o.step();
+        };
+        for _ in 0..3 {
+            train_step(&mut o);
         }
         assert!(frozen.equal(&before), "a frozen parameter moved");
         let _ = frozen.shallow_clone().set_requires_grad(true);
         o.refresh_frozen();
-        o.backward(&net.forward(&x).cross_entropy_loss::<Tensor>(
-            &y,
-            None,
-            Reduction::Mean,
-            -100,
-            0.0,
-        ));
-        o.step();
+        train_step(&mut o);
         assert!(!frozen.equal(&before), "a thawed parameter trains again");
     }
 

@@ -20,15 +20,8 @@ start_local_cluster() {
     cp target/debug/coordinator target/debug/agent "$bin/"
     pids=()
     trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-    "$bin/coordinator" serve --listen 127.0.0.1:0 --data-dir "$work/data" 2>"$work/coordinator.log" &
-    pids+=($!)
-    local addr=
-    for _ in $(seq 200); do
-        addr=$(sed -n 's/.*coordinator listening addr=\([^ ]*\).*/\1/p' "$work/coordinator.log")
-        [ -n "$addr" ] && break
-        sleep 0.05
-    done
-    export SWEEPFOLD_COORDINATOR="http://$addr"
+    source scripts/coordinator.sh
+    start_coordinator "$bin" "$work/data" "$work/coordinator.log" || exit 1
     "$bin/agent" run --coordinator "$SWEEPFOLD_COORDINATOR" --name a --work-dir "$work/agent" --cpu \
         --dataset "$dataset=$data_dir" "$@" 2>"$work/agent.log" &
     pids+=($!)

@@ -19,14 +19,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-"$bin/coordinator" serve --listen 127.0.0.1:0 --data-dir "$data" 2>"$data/coordinator.log" &
-pids+=($!)
-for _ in $(seq 200); do
-    addr=$(sed -n 's/.*coordinator listening addr=\([^ ]*\).*/\1/p' "$data/coordinator.log")
-    [ -n "$addr" ] && break
-    sleep 0.05
-done
-export SWEEPFOLD_COORDINATOR="http://$addr"
+source scripts/coordinator.sh
+start_coordinator "$bin" "$data" "$data/coordinator.log"
 echo "== coordinator on $SWEEPFOLD_COORDINATOR, data in $data"
 
 if "$bin/agent" gpus >/dev/null 2>&1; then

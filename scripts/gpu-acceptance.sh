@@ -173,15 +173,8 @@ PY
     wait "$small" 2>/dev/null
 fi
 
-"$coord" serve --listen 127.0.0.1:0 --data-dir "$work/coordinator" 2>"$work/coordinator.log" &
-pids+=($!)
-addr=
-for _ in $(seq 200); do
-    addr=$(sed -n 's/.*coordinator listening addr=\([^ ]*\).*/\1/p' "$work/coordinator.log")
-    [ -n "$addr" ] && break
-    sleep 0.05
-done
-export SWEEPFOLD_COORDINATOR="http://$addr"
+source scripts/coordinator.sh
+start_coordinator "$bin" "$work/coordinator" "$work/coordinator.log" || exit 1
 "$agent" run --coordinator "$SWEEPFOLD_COORDINATOR" --name gpu-box --work-dir "$work/agent" "${gpu_flags[@]}" \
     --dataset "mnist-sketch-mini=$repo/examples/data/mnist-sketch-mini" 2>"$work/agent.log" &
 agent_pid=$!

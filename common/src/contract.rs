@@ -77,6 +77,34 @@ impl JobSpec {
         }
     }
 
+    /// Jobs with equal keys are expected to run about as long on the same
+    /// GPU model, so a run time learned from one serves as the estimate of
+    /// the others. Trainer jobs: the memory key's fields plus epochs and
+    /// dataset; command jobs: the configuration itself.
+    pub fn duration_key(&self, sweep_id: i64, config_index: u32, dataset: &str) -> String {
+        match self {
+            JobSpec::Trainer(c) => format!(
+                "trainer/{}/{}/{}/{}/{}/{}",
+                c.model,
+                c.image_size,
+                c.batch_size,
+                c.precision.as_str(),
+                c.epochs,
+                dataset
+            ),
+            JobSpec::Command(_) => format!("command/sweep-{sweep_id}/config-{config_index}"),
+        }
+    }
+
+    /// Epochs the job will run, when the spec says (trainer jobs); a running
+    /// job's epoch reports then tell how far along it is.
+    pub fn planned_epochs(&self) -> Option<u32> {
+        match self {
+            JobSpec::Trainer(c) => Some(c.epochs),
+            JobSpec::Command(_) => None,
+        }
+    }
+
     /// The spec as it travels to agents.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("job specs serialise")

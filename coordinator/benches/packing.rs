@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use coordinator::scheduler::durations::Durations;
 use coordinator::scheduler::plan::{Device, DeviceKind, PendingJob, Policy, Snapshot, plan};
 use sweepfold_common::{Bytes, JobId, SweepId};
 
@@ -111,6 +112,8 @@ const TRAIN_IMAGES: f64 = 12_017.0;
 #[derive(Clone)]
 struct Job {
     id: i64,
+    /// The duration key: jobs of one model run equally long.
+    kind: &'static str,
     /// Seconds alone on a GPU.
     duration: f64,
     memory: Bytes,
@@ -123,6 +126,7 @@ fn jobs() -> Vec<Job> {
         for _fold in 0..FOLDS {
             out.push(Job {
                 id: out.len() as i64,
+                kind: model.name,
                 duration: EPOCHS * TRAIN_IMAGES / model.images_per_second,
                 memory: Bytes((model.memory_gib * (1u64 << 30) as f64) as u64),
                 util: model.util,
@@ -132,6 +136,36 @@ fn jobs() -> Vec<Job> {
     out
 }
 
+#[derive(Clone)]
+struct Running {
+    job: Job,
+    /// Seconds of solo work left.
+    left: f64,
+    /// Seconds since it started.
+    wall: f64,
+    /// Epochs reported.
+    epochs: u32,
+}
+
+impl Running {
+    fn epoch_work(&self) -> f64 {
+        self.job.duration / EPOCHS
+    }
+
+    /// Whole epochs of work done.
+    fn epochs_done(&self) -> u32 {
+        (((self.job.duration - self.left) / self.epoch_work()) + 1e-9).floor() as u32
+    }
+
+    /// Solo work until the next epoch ends (or the job does).
+    fn to_next_epoch(&self) -> f64 {
+        let next = f64::from(self.epochs_done() + 1) * self.epoch_work();
+        (next - (self.job.duration - self.left))
+            .min(self.left)
+            .max(1e-9)
+    }
+}
+
 struct Outcome {
     makespan: f64,
     /// Mean over GPUs of the compute share in use, over the makespan.
@@ -139,16 +173,39 @@ struct Outcome {
     max_jobs_on_a_gpu: usize,
 }
 
+/// How the queue is ordered within the one owner.
+#[derive(Clone, Copy, PartialEq)]
+enum Ordering {
+    /// Submission order (no priorities, nothing learned).
+    Fifo,
+    /// Each model's sweep given a priority equal to its minutes per fold (a
+    /// user setting `priority:` on the sweeps of the big models by hand).
+    HandPriority,
+    /// No priorities: run times learned while the sweep runs, by the
+    /// coordinator's own `Durations` fed as the coordinator feeds it (each
+    /// epoch report of a running job, each finished job).
+    Learned,
+    /// Learned run times known before the sweep starts (an earlier sweep
+    /// of the same models).
+    LearnedBefore,
+}
+
 /// Event-driven simulation of one policy. `max_jobs_per_gpu: 1` with the
 /// spread policy is one-job-per-GPU FIFO.
-/// `longest_first` gives each model's sweep a priority equal to its minutes
-/// per fold (a user setting `priority:` on the sweeps of the big models).
-fn simulate(jobs: &[Job], policy: Policy, max_jobs_per_gpu: u32, longest_first: bool) -> Outcome {
+fn simulate(jobs: &[Job], policy: Policy, max_jobs_per_gpu: u32, ordering: Ordering) -> Outcome {
     let total = Bytes::from_gib(GPU_GIB);
     let margin = Bytes::from_mib(512);
     let mut queue: Vec<Job> = jobs.to_vec();
-    // running[gpu] = (job, remaining seconds of solo work)
-    let mut running: Vec<Vec<(Job, f64)>> = vec![Vec::new(); GPUS];
+    let mut durations = Durations::default();
+    if ordering == Ordering::LearnedBefore {
+        for j in jobs {
+            durations.observe_finished(j.kind, "V100", j.duration);
+        }
+    }
+    let learned = matches!(ordering, Ordering::Learned | Ordering::LearnedBefore);
+    // running[gpu] = jobs with their solo work left, wall time so far and
+    // epochs reported
+    let mut running: Vec<Vec<Running>> = vec![Vec::new(); GPUS];
     let mut now = 0.0;
     let mut busy_integral = 0.0;
     let mut max_jobs = 0;
@@ -160,7 +217,7 @@ fn simulate(jobs: &[Job], policy: Policy, max_jobs_per_gpu: u32, longest_first: 
             .map(|(g, r)| {
                 let used = r
                     .iter()
-                    .fold(Bytes(0), |a, (j, _)| a.saturating_add(j.memory));
+                    .fold(Bytes(0), |a, x| a.saturating_add(x.job.memory));
                 Device {
                     agent: format!("gpu{g}"),
                     kind: DeviceKind::Gpu {
@@ -175,6 +232,9 @@ fn simulate(jobs: &[Job], policy: Policy, max_jobs_per_gpu: u32, longest_first: 
                     datasets: BTreeSet::from(["sketch".to_string()]),
                     healthy: true,
                     spec_version: 2,
+                    gpu_model: "V100".into(),
+                    time_left: None,
+                    ours: used,
                 }
             })
             .collect();
@@ -186,7 +246,7 @@ fn simulate(jobs: &[Job], policy: Policy, max_jobs_per_gpu: u32, longest_first: 
                     id: JobId(j.id),
                     sweep: SweepId(1),
                     owner: "team".into(),
-                    priority: if longest_first {
+                    priority: if ordering == Ordering::HandPriority {
                         (j.duration / 60.0) as i32
                     } else {
                         0
@@ -196,11 +256,30 @@ fn simulate(jobs: &[Job], policy: Policy, max_jobs_per_gpu: u32, longest_first: 
                     avoid_agent: None,
                     refused_by: Vec::new(),
                     needs_spec_version: 0,
+                    duration_key: if learned {
+                        j.kind.into()
+                    } else {
+                        String::new()
+                    },
+                    expected: if learned {
+                        durations.estimate(j.kind, None)
+                    } else {
+                        None
+                    },
                 })
                 .collect(),
             owner_usage: BTreeMap::new(),
             policy,
             safety_margin: margin,
+            running_kinds: if learned {
+                running
+                    .iter()
+                    .flatten()
+                    .map(|r| r.job.kind.to_string())
+                    .collect()
+            } else {
+                Default::default()
+            },
         };
         for a in plan(&snapshot) {
             let pos = queue
@@ -208,11 +287,15 @@ fn simulate(jobs: &[Job], policy: Policy, max_jobs_per_gpu: u32, longest_first: 
                 .position(|j| j.id == a.job.0)
                 .expect("planned job is queued");
             let job = queue.remove(pos);
-            let d = job.duration;
-            running[a.device].push((job, d));
+            running[a.device].push(Running {
+                left: job.duration,
+                job,
+                wall: 0.0,
+                epochs: 0,
+            });
         }
         for (g, r) in running.iter().enumerate() {
-            let used: u64 = r.iter().map(|(j, _)| j.memory.get()).sum();
+            let used: u64 = r.iter().map(|x| x.job.memory.get()).sum();
             assert!(
                 used + margin.get() <= total.get() || r.len() <= 1,
                 "GPU {g} over-committed"
@@ -227,25 +310,35 @@ fn simulate(jobs: &[Job], policy: Policy, max_jobs_per_gpu: u32, longest_first: 
         let speed: Vec<f64> = running
             .iter()
             .map(|r| {
-                let demand: f64 = r.iter().map(|(j, _)| j.util).sum();
+                let demand: f64 = r.iter().map(|x| x.job.util).sum();
                 if demand <= 1.0 { 1.0 } else { 1.0 / demand }
             })
             .collect();
+        // The next event: a job ends or reaches an epoch's end.
         let dt = running
             .iter()
             .enumerate()
             .flat_map(|(g, r)| {
                 let s = speed[g];
-                r.iter().map(move |(_, rem)| rem / s)
+                r.iter().map(move |x| x.to_next_epoch() / s)
             })
             .fold(f64::INFINITY, f64::min);
         for (g, r) in running.iter_mut().enumerate() {
-            let demand: f64 = r.iter().map(|(j, _)| j.util).sum();
+            let demand: f64 = r.iter().map(|x| x.job.util).sum();
             busy_integral += demand.min(1.0) * dt;
-            for (_, rem) in r.iter_mut() {
-                *rem -= dt * speed[g];
+            for x in r.iter_mut() {
+                x.left -= dt * speed[g];
+                x.wall += dt;
+                let epoch = x.epochs_done();
+                if epoch > x.epochs && x.left > 1e-6 {
+                    x.epochs = epoch;
+                    durations.observe_progress(x.job.kind, "V100", x.wall, epoch, EPOCHS as u32);
+                }
+                if x.left <= 1e-6 {
+                    durations.observe_finished(x.job.kind, "V100", x.wall);
+                }
             }
-            r.retain(|(_, rem)| *rem > 1e-6);
+            r.retain(|x| x.left > 1e-6);
         }
         now += dt;
     }
@@ -288,36 +381,75 @@ fn main() {
     );
     println!("|---|---|---|---|---|");
     let rows = [
-        ("FIFO, one job per GPU (by hand)", Policy::Spread, 1, false),
-        ("sweepfold spread, max 2 jobs/GPU", Policy::Spread, 2, false),
         (
-            "sweepfold spread, max 4 jobs/GPU (default)",
+            "FIFO, one job per GPU (by hand)",
+            Policy::Spread,
+            1,
+            Ordering::Fifo,
+        ),
+        (
+            "sweepfold spread, max 2 jobs/GPU",
+            Policy::Spread,
+            2,
+            Ordering::Fifo,
+        ),
+        (
+            "sweepfold spread, max 4 jobs/GPU, submission order",
             Policy::Spread,
             4,
-            false,
+            Ordering::Fifo,
         ),
-        ("sweepfold pack, max 4 jobs/GPU", Policy::Pack, 4, false),
+        (
+            "sweepfold pack, max 4 jobs/GPU, submission order",
+            Policy::Pack,
+            4,
+            Ordering::Fifo,
+        ),
         (
             "one job per GPU, long models' sweeps at higher priority",
             Policy::Spread,
             1,
-            true,
+            Ordering::HandPriority,
         ),
         (
             "sweepfold spread, max 4/GPU, long models at higher priority",
             Policy::Spread,
             4,
-            true,
+            Ordering::HandPriority,
         ),
         (
             "sweepfold pack, max 4/GPU, long models at higher priority",
             Policy::Pack,
             4,
-            true,
+            Ordering::HandPriority,
+        ),
+        (
+            "one job per GPU, durations learned during the sweep",
+            Policy::Spread,
+            1,
+            Ordering::Learned,
+        ),
+        (
+            "**sweepfold spread, max 4/GPU, durations learned during the sweep (default)**",
+            Policy::Spread,
+            4,
+            Ordering::Learned,
+        ),
+        (
+            "sweepfold pack, max 4/GPU, durations learned during the sweep",
+            Policy::Pack,
+            4,
+            Ordering::Learned,
+        ),
+        (
+            "sweepfold spread, max 4/GPU, durations learned by an earlier sweep",
+            Policy::Spread,
+            4,
+            Ordering::LearnedBefore,
         ),
     ];
-    for (name, policy, cap, longest_first) in rows {
-        let o = simulate(&jobs, policy, cap, longest_first);
+    for (name, policy, cap, ordering) in rows {
+        let o = simulate(&jobs, policy, cap, ordering);
         println!(
             "| {name} | {} | {:.2}x | {:.0}% | {} |",
             hours(o.makespan),

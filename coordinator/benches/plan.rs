@@ -24,6 +24,9 @@ fn snapshot(pending: usize, gpus: usize, policy: Policy) -> Snapshot {
                 datasets: BTreeSet::from(["sketch".to_string()]),
                 healthy: true,
                 spec_version: 2,
+                gpu_model: "V100".into(),
+                time_left: None,
+                ours: Bytes(0),
             })
             .collect(),
         pending: (0..pending)
@@ -37,11 +40,14 @@ fn snapshot(pending: usize, gpus: usize, policy: Policy) -> Snapshot {
                 avoid_agent: None,
                 refused_by: Vec::new(),
                 needs_spec_version: 0,
+                duration_key: String::new(),
+                expected: None,
             })
             .collect(),
         owner_usage: BTreeMap::new(),
         policy,
         safety_margin: Bytes::from_mib(512),
+        running_kinds: Default::default(),
     }
 }
 

@@ -68,6 +68,16 @@ pub struct Hello {
     pub missed_updates: Vec<JobUpdate>,
     /// The agent's work dir (absent from older agents).
     pub disk: Option<DiskSpace>,
+    /// Set when the agent runs inside a Slurm allocation.
+    pub pilot: Option<Pilot>,
+}
+
+/// An agent inside a Slurm allocation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pilot {
+    pub slurm_job_id: String,
+    /// When the allocation ends (ms since the Unix epoch), if known.
+    pub ends_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -175,4 +185,9 @@ pub struct AgentView {
     pub unhealthy_reason: String,
     pub mismatched_datasets: Vec<String>,
     pub disk: Option<DiskSpace>,
+    /// A pilot's Slurm job id (empty otherwise), the state Slurm last gave
+    /// for it, and when its allocation ends.
+    pub slurm_job_id: String,
+    pub slurm_state: String,
+    pub ends_at_ms: Option<i64>,
 }

@@ -25,6 +25,19 @@ pub struct Effects {
 }
 
 impl Core {
+    /// The model of `agent`'s GPU `uuid` as it last reported it (`cpu` for
+    /// a CPU slot, empty when unknown).
+    pub fn gpu_model(&self, agent: &str, uuid: &str) -> String {
+        if uuid.is_empty() {
+            return "cpu".into();
+        }
+        self.agents
+            .get(agent)
+            .and_then(|a| a.gpus.iter().find(|g| g.uuid == uuid))
+            .map(|g| g.name.clone())
+            .unwrap_or_default()
+    }
+
     /// Applies one job update from `agent`. Stale updates are answered with
     /// a cancellation (for running attempts) and, for `finished`, an ack.
     pub fn apply_job_update(
@@ -64,6 +77,16 @@ impl Core {
                             at_ms: now,
                         },
                     )?;
+                    if current.planned_epochs > 0 && m.elapsed_seconds > 0.0 {
+                        let model = self.gpu_model(agent, &current.gpu_uuid);
+                        self.durations.observe_progress(
+                            &current.duration_key,
+                            &model,
+                            m.elapsed_seconds,
+                            m.epoch,
+                            current.planned_epochs,
+                        );
+                    }
                     if let Some(sweep) = self.store.rung_sweep(current.sweep_id)? {
                         fx.events
                             .extend(self.judge_rungs(&sweep, current.config_index)?);
@@ -118,7 +141,15 @@ impl Core {
                     {
                         self.note_no_epoch_metrics(current.sweep_id, job);
                     }
+                    let started_at_ms =
+                        self.store.check_current(job, attempt, agent)?.started_at_ms;
                     let done = self.finish(job, attempt, Some(agent), outcome, now)?;
+                    if succeeded && let Some(started) = started_at_ms {
+                        let model = self.gpu_model(agent, &done.job.gpu_uuid);
+                        let seconds = (now - started).max(0) as f64 / 1000.0;
+                        self.durations
+                            .observe_finished(&done.job.duration_key, &model, seconds);
+                    }
                     if succeeded && f.peak_gpu_memory_bytes > 0 {
                         let peak = Bytes(f.peak_gpu_memory_bytes);
                         let entry = self.learned.entry(done.job.memory_key.clone()).or_default();

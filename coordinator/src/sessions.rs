@@ -14,7 +14,10 @@ use crate::blobs::Verified;
 use crate::error::{Error, Result};
 use crate::job_updates::Effects;
 use crate::state::{AgentSession, AgentTx, CoordinatorHandle, Core, ToAgent, now_ms};
-use crate::store::{AgentRecord, DatasetRecord, EventRecord, JobRecord, Outcome, OutputRecord};
+use crate::store::{
+    AgentRecord, DatasetRecord, EventRecord, JobRecord, Outcome, OutputRecord, PilotRecord,
+    PilotState,
+};
 
 fn valid_agent_name(name: &str) -> bool {
     !name.is_empty()
@@ -272,8 +275,12 @@ impl CoordinatorHandle {
                         health,
                         assigned_at: HashMap::new(),
                         refused: BTreeSet::new(),
+                        pilot: hello.pilot.clone(),
                     },
                 );
+                if let Some(p) = &hello.pilot {
+                    core.store.pilot_connected(&p.slurm_job_id, &name, now)?;
+                }
                 let mut events = Vec::new();
                 let mut replies = Vec::new();
                 for u in &hello.missed_updates {
@@ -451,6 +458,12 @@ impl CoordinatorHandle {
     pub async fn list_agents(&self) -> Result<Vec<AgentView>> {
         self.with_core(|core| {
             let active = core.store.active_jobs()?;
+            let pilots: std::collections::HashMap<String, PilotRecord> = core
+                .store
+                .pilots()?
+                .into_iter()
+                .map(|p| (p.slurm_job_id.clone(), p))
+                .collect();
             let mut out = Vec::new();
             for (name, a) in &core.agents {
                 let mut datasets = a.datasets.clone();
@@ -476,7 +489,30 @@ impl CoordinatorHandle {
                     version: a.version.clone(),
                     mismatched_datasets: a.mismatched.iter().cloned().collect(),
                     disk: a.disk.clone(),
+                    slurm_job_id: a
+                        .pilot
+                        .as_ref()
+                        .map(|p| p.slurm_job_id.clone())
+                        .unwrap_or_default(),
+                    slurm_state: a
+                        .pilot
+                        .as_ref()
+                        .and_then(|p| pilots.get(&p.slurm_job_id))
+                        .map(|p| p.slurm_state.clone())
+                        .unwrap_or_default(),
+                    ends_at_ms: a.pilot.as_ref().and_then(|p| p.ends_at_ms),
                 });
+            }
+            // Pilots submitted to Slurm that have not registered (yet).
+            for p in pilots.values() {
+                if p.state != PilotState::Ended && !core.agents.contains_key(&p.agent_name()) {
+                    out.push(AgentView {
+                        name: p.agent_name(),
+                        slurm_job_id: p.slurm_job_id.clone(),
+                        slurm_state: p.slurm_state.clone(),
+                        ..AgentView::default()
+                    });
+                }
             }
             Ok(out)
         })

@@ -336,6 +336,10 @@ pub fn hello(h: pb::Hello) -> am::Hello {
         running: h.running.into_iter().map(running).collect(),
         missed_updates: h.missed_updates.into_iter().map(job_update).collect(),
         disk: h.disk.map(disk_space),
+        pilot: h.pilot.map(|p| am::Pilot {
+            slurm_job_id: p.slurm_job_id,
+            ends_at_ms: (p.ends_at_ms > 0).then_some(p.ends_at_ms),
+        }),
     }
 }
 
@@ -442,6 +446,9 @@ pub fn agent(a: am::AgentView) -> pb::Agent {
             .as_ref()
             .and_then(DiskSpace::full_reason)
             .unwrap_or_default(),
+        slurm_job_id: a.slurm_job_id,
+        slurm_state: a.slurm_state,
+        ends_at_ms: a.ends_at_ms.unwrap_or(0),
     }
 }
 

@@ -5,6 +5,9 @@
 //! two background tasks, the scheduler (woken by changes, and every second)
 //! and the lease monitor.
 
+pub mod durations;
+pub mod explain;
+pub mod forecast;
 pub mod plan;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,7 +19,7 @@ use self::plan::{Device, DeviceKind, NOMINAL_USAGE, PendingJob, Snapshot, plan};
 use crate::config::CoordinatorConfig;
 use crate::error::Result;
 use crate::state::{Assignment, CoordinatorHandle, Core, ToAgent, now_ms};
-use crate::store::{EventRecord, Outcome};
+use crate::store::{EventRecord, NewAssignment, Outcome};
 
 /// A GPU counts as idle when at least this share of its memory is free
 /// (the driver itself holds a little).
@@ -42,7 +45,13 @@ impl Core {
             self.store.owners_of_active_jobs()?.into_iter().collect();
         let mut owner_usage: BTreeMap<String, Bytes> = BTreeMap::new();
         let mut devices = Vec::new();
+        let now = now_ms();
         for (name, agent) in &self.agents {
+            let time_left = agent
+                .pilot
+                .as_ref()
+                .and_then(|p| p.ends_at_ms)
+                .map(|end| (end - now) as f64 / 1000.0);
             if !agent.connected() || agent.disk_full().is_some() {
                 continue;
             }
@@ -62,12 +71,16 @@ impl Core {
                     datasets,
                     healthy,
                     spec_version: agent.spec_version,
+                    gpu_model: "cpu".into(),
+                    time_left,
+                    ours: Bytes(0),
                 });
                 continue;
             }
             for gpu in &agent.gpus {
                 let on_gpu: Vec<_> = mine.iter().filter(|j| j.gpu_uuid == gpu.uuid).collect();
                 let mut reserved = Bytes(0);
+                let mut ours = Bytes(0);
                 let mut exclusive = false;
                 for j in &on_gpu {
                     let visible: u64 = gpu
@@ -79,6 +92,7 @@ impl Core {
                     if j.memory_estimate.get() == 0 {
                         exclusive = true;
                     }
+                    ours = ours.saturating_add(j.memory_estimate.max(Bytes(visible)));
                     reserved =
                         reserved.saturating_add(j.memory_estimate.saturating_sub(Bytes(visible)));
                 }
@@ -99,6 +113,9 @@ impl Core {
                     datasets: datasets.clone(),
                     healthy,
                     spec_version: agent.spec_version,
+                    gpu_model: gpu.name.clone(),
+                    time_left,
+                    ours,
                 });
             }
         }
@@ -152,6 +169,8 @@ impl Core {
                     q.fold_split,
                 ),
                 estimate: self.estimate(q.memory_estimate, &q.memory_key, cfg),
+                expected: self.durations.estimate(&q.duration_key, None),
+                duration_key: q.duration_key,
                 id: q.id,
                 sweep: q.sweep_id,
                 owner: q.owner,
@@ -166,6 +185,7 @@ impl Core {
             owner_usage,
             policy: cfg.scheduler.policy,
             safety_margin: cfg.scheduler.safety_margin,
+            running_kinds: active.iter().map(|j| j.duration_key.clone()).collect(),
         })
     }
 
@@ -180,20 +200,33 @@ impl Core {
             return Ok(Vec::new());
         }
         let assignments = plan(&snapshot);
+        // Every assignment of the pass is committed in one transaction
+        // before any is sent (group commit: one fsync per pass).
+        let rows: Vec<NewAssignment<'_>> = assignments
+            .iter()
+            .map(|a| {
+                let device = &snapshot.devices[a.device];
+                NewAssignment {
+                    job: a.job,
+                    agent: &device.agent,
+                    gpu_uuid: match &device.kind {
+                        DeviceKind::Gpu { uuid } => uuid,
+                        DeviceKind::Cpu => "",
+                    },
+                    gpu_model: &device.gpu_model,
+                    estimate: a.reserved.unwrap_or(Bytes(0)),
+                }
+            })
+            .collect();
+        let committed = self.store.assign_all(&rows, now_ms())?;
         let mut events = Vec::new();
-        for a in assignments {
-            let device = &snapshot.devices[a.device];
-            let gpu_uuid = match &device.kind {
-                DeviceKind::Gpu { uuid } => uuid.clone(),
-                DeviceKind::Cpu => String::new(),
-            };
-            let reserved = a.reserved.unwrap_or(Bytes(0));
-            let Some((ev, job)) =
-                self.store
-                    .assign(a.job, &device.agent, &gpu_uuid, reserved, now_ms())?
-            else {
+        for (a, done) in assignments.iter().zip(committed) {
+            let Some((ev, job)) = done else {
                 continue;
             };
+            let device = &snapshot.devices[a.device];
+            let gpu_uuid = job.gpu_uuid.clone();
+            let reserved = job.memory_estimate;
             events.push(ev);
             let info = self.store.assignment_info(a.job)?;
             let msg = ToAgent::Assign(Box::new(Assignment {

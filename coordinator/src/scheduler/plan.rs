@@ -6,10 +6,14 @@
 //! 1. **Fair share between owners**: the owner using the least GPU memory
 //!    right now (counting what this plan has already handed out) gets the
 //!    next slot; ties go to the owner whose name sorts first.
-//! 2. Within an owner: higher `priority` first, then earlier sweep, then
-//!    earlier job. If the owner's first job fits nowhere, a later (smaller)
-//!    one may take the slot; an owner with nothing that fits drops out of
-//!    this round.
+//! 2. Within an owner: higher `priority` first; then, among equal
+//!    priorities, the longest expected work first (learned run times, see
+//!    `durations.rs`), so a sweep does not end with one huge model alone on
+//!    one GPU. A job of a kind never timed goes first once (a *probe*, so
+//!    its kind gets timed early); further jobs of a kind being timed come
+//!    after the jobs with estimates. Ties: earlier sweep, then earlier job.
+//!    If the owner's first job fits nowhere, a later (smaller) one may take
+//!    the slot; an owner with nothing that fits drops out of this round.
 //! 3. **Never over-commit**: a job with a memory estimate goes to a GPU only
 //!    if the GPU's free memory (live NVML reading minus what jobs assigned
 //!    but not yet visible will still take) minus the safety margin covers the
@@ -17,12 +21,13 @@
 //!    nothing else joins it until it finishes or reports its peak.
 //! 4. Only agents that hold the job's dataset (with the registered content
 //!    hash), are healthy, have room under the per-device job cap, and know
-//!    the job's fold split (spec version).
+//!    the job's fold split (spec version); an agent that must stop at a
+//!    deadline (a Slurm pilot) only gets jobs expected to finish before it.
 //! 5. Policy `spread` takes the device with the fewest jobs, then the most
 //!    free memory; `pack` takes the GPU where the job leaves the least free
 //!    memory (best fit). GPUs are preferred to CPU slots.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 use sweepfold_common::{Bytes, JobId, SweepId};
@@ -51,7 +56,7 @@ pub enum DeviceKind {
     Cpu,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Device {
     pub agent: String,
     pub kind: DeviceKind,
@@ -71,15 +76,23 @@ pub struct Device {
     pub healthy: bool,
     /// The job spec version the agent understands.
     pub spec_version: u32,
+    /// The GPU's model (`cpu` for CPU slots), for run times by model.
+    pub gpu_model: String,
+    /// Seconds until the agent must stop (a Slurm pilot's allocation ends);
+    /// `None` for an agent without a deadline.
+    pub time_left: Option<f64>,
+    /// GPU memory sweepfold's own jobs hold or have reserved here: what
+    /// comes back when they end (the rest of `total - free` is foreign).
+    pub ours: Bytes,
 }
 
 impl Device {
-    fn is_gpu(&self) -> bool {
+    pub fn is_gpu(&self) -> bool {
         matches!(self.kind, DeviceKind::Gpu { .. })
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PendingJob {
     pub id: JobId,
     pub sweep: SweepId,
@@ -96,9 +109,13 @@ pub struct PendingJob {
     pub refused_by: Vec<String>,
     /// The lowest agent spec version that computes this job's fold split.
     pub needs_spec_version: u32,
+    /// Jobs with the same key are expected to run about as long.
+    pub duration_key: String,
+    /// Expected run time in seconds; `None` while the kind is not timed.
+    pub expected: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Snapshot {
     pub devices: Vec<Device>,
     pub pending: Vec<PendingJob>,
@@ -107,6 +124,8 @@ pub struct Snapshot {
     pub policy: Policy,
     /// Kept free on every GPU.
     pub safety_margin: Bytes,
+    /// Duration keys of jobs running now: a kind being timed needs no probe.
+    pub running_kinds: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,16 +142,18 @@ pub struct Assignment {
 pub fn plan(s: &Snapshot) -> Vec<Assignment> {
     let mut devices = s.devices.clone();
     let mut usage = s.owner_usage.clone();
-    let mut queues: BTreeMap<&str, Vec<&PendingJob>> = BTreeMap::new();
     for job in &s.pending {
-        queues.entry(job.owner.as_str()).or_default().push(job);
         usage.entry(job.owner.clone()).or_default();
     }
-    for q in queues.values_mut() {
-        q.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.sweep, j.id));
-    }
+    let mut queues = owner_queues(s);
     let mut out = Vec::new();
     let mut done: BTreeSet<&str> = BTreeSet::new();
+    // Devices only lose room during a plan, so a job that fit nowhere tells
+    // that every job of the same shape fits nowhere either: with 100,000
+    // queued jobs of a few shapes this keeps a pass linear.
+    let mut no_fit: HashSet<Shape<'_>> = HashSet::new();
+    let held = reservations(&devices, &queues, s);
+    let holders: HashSet<JobId> = held.iter().flatten().copied().collect();
     loop {
         let owner = queues
             .iter()
@@ -141,10 +162,17 @@ pub fn plan(s: &Snapshot) -> Vec<Assignment> {
             .min_by_key(|o| (usage[*o], *o));
         let Some(owner) = owner else { break };
         let queue = queues.get_mut(owner).expect("owner has a queue");
-        let found = queue
-            .iter()
-            .enumerate()
-            .find_map(|(pos, job)| choose(&devices, job, s).map(|d| (pos, d)));
+        let found = queue.iter().enumerate().find_map(|(pos, job)| {
+            let shape = Shape::of(job, &holders);
+            if no_fit.contains(&shape) {
+                return None;
+            }
+            let d = choose(&devices, &held, job, s);
+            if d.is_none() {
+                no_fit.insert(shape);
+            }
+            d.map(|d| (pos, d))
+        });
         let Some((pos, d)) = found else {
             done.insert(owner);
             continue;
@@ -173,17 +201,159 @@ pub fn plan(s: &Snapshot) -> Vec<Assignment> {
     out
 }
 
+/// Each owner's pending jobs in the order they are placed.
+fn owner_queues(s: &Snapshot) -> BTreeMap<&str, Vec<&PendingJob>> {
+    let mut queues: BTreeMap<&str, Vec<&PendingJob>> = BTreeMap::new();
+    for job in &s.pending {
+        queues.entry(job.owner.as_str()).or_default().push(job);
+    }
+    for q in queues.values_mut() {
+        order_queue(q, &s.running_kinds);
+    }
+    queues
+}
+
+/// Per device, the job holding it (see `reservations`) at the start of a
+/// plan of `s`.
+pub fn held_devices(s: &Snapshot) -> Vec<Option<JobId>> {
+    reservations(&s.devices, &owner_queues(s), s)
+}
+
+/// Where a job fits depends only on these fields: equal shapes fit the
+/// same devices.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Shape<'a> {
+    dataset: &'a str,
+    estimate: Option<Bytes>,
+    avoid_agent: Option<&'a str>,
+    refused_by: &'a [String],
+    needs_spec_version: u32,
+    /// Milliseconds; only compared with pilots' deadlines.
+    expected_ms: Option<u64>,
+    /// The job holds a GPU (see `reservations`): it may go where its equals
+    /// may not.
+    holds: bool,
+}
+
+impl<'a> Shape<'a> {
+    fn of(j: &'a PendingJob, holders: &HashSet<JobId>) -> Self {
+        Shape {
+            dataset: &j.dataset,
+            estimate: j.estimate,
+            avoid_agent: j.avoid_agent.as_deref(),
+            refused_by: &j.refused_by,
+            needs_spec_version: j.needs_spec_version,
+            expected_ms: j.expected.map(seconds_to_ms),
+            holds: holders.contains(&j.id),
+        }
+    }
+}
+
+fn seconds_to_ms(s: f64) -> u64 {
+    (s.max(0.0) * 1000.0) as u64
+}
+
+/// How a job ranks among its owner's jobs of equal priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    /// The first job of a kind never timed and not running.
+    Probe,
+    /// Expected run time known: longest first.
+    Timed,
+    /// Its kind is being timed (a probe runs or goes first).
+    AwaitingTiming,
+}
+
+/// Orders one owner's queue: priority, then class, then the longest
+/// expected first, then submission order.
+fn order_queue(q: &mut [&PendingJob], running_kinds: &BTreeSet<String>) {
+    q.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.sweep, j.id));
+    let mut probed: BTreeSet<&str> = BTreeSet::new();
+    let mut class: BTreeMap<JobId, Class> = BTreeMap::new();
+    for j in q.iter() {
+        let c = if j.expected.is_some() {
+            Class::Timed
+        } else if running_kinds.contains(&j.duration_key) || !probed.insert(&j.duration_key) {
+            Class::AwaitingTiming
+        } else {
+            Class::Probe
+        };
+        class.insert(j.id, c);
+    }
+    q.sort_by_key(|j| {
+        (
+            std::cmp::Reverse(j.priority),
+            class[&j.id],
+            std::cmp::Reverse(j.expected.map_or(0, seconds_to_ms)),
+            j.sweep,
+            j.id,
+        )
+    });
+}
+
+/// Backfill with a reservation. When the first job of an owner's queue
+/// (the longest expected work of its highest priority) has a known run time
+/// and memory but fits no GPU now, smaller jobs would otherwise keep taking
+/// every GPU's memory as it frees and the big job would start only when the
+/// queue runs dry, alone at the end of the sweep. So it holds one GPU where
+/// it will fit once sweepfold's own jobs there end (the one with the most
+/// memory free or held by them): no other job goes to that GPU while it
+/// waits. Returns, per device, the job holding it.
+fn reservations(
+    devices: &[Device],
+    queues: &BTreeMap<&str, Vec<&PendingJob>>,
+    s: &Snapshot,
+) -> Vec<Option<JobId>> {
+    let mut held: Vec<Option<JobId>> = vec![None; devices.len()];
+    for q in queues.values() {
+        let Some(head) = q.first() else { continue };
+        let Some(need) = head.estimate else {
+            continue;
+        };
+        if choose(devices, &held, head, s).is_some() {
+            continue;
+        }
+        let need = need.get().saturating_add(s.safety_margin.get());
+        let best = devices
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| {
+                held[*i].is_none()
+                    && d.is_gpu()
+                    && allowed(d, head)
+                    && d.free.get().saturating_add(d.ours.get()) >= need
+            })
+            .max_by_key(|(i, d)| (d.free.saturating_add(d.ours), std::cmp::Reverse(*i)));
+        if let Some((i, _)) = best {
+            held[i] = Some(head.id);
+        }
+    }
+    held
+}
+
+/// The rules that do not depend on room: dataset, health, spec version,
+/// avoided or refusing agents, a pilot's deadline.
+fn allowed(d: &Device, job: &PendingJob) -> bool {
+    d.healthy
+        && d.datasets.contains(&job.dataset)
+        && job.avoid_agent.as_deref() != Some(d.agent.as_str())
+        && !job.refused_by.contains(&d.agent)
+        && d.spec_version >= job.needs_spec_version
+        && !matches!((d.time_left, job.expected), (Some(left), Some(e)) if e > left)
+}
+
 /// The device `job` should go to, if any fits.
-fn choose(devices: &[Device], job: &PendingJob, s: &Snapshot) -> Option<usize> {
-    let fits = |d: &Device| {
-        if !d.healthy
-            || d.exclusive
-            || d.jobs >= d.max_jobs
-            || !d.datasets.contains(&job.dataset)
-            || job.avoid_agent.as_deref() == Some(d.agent.as_str())
-            || job.refused_by.contains(&d.agent)
-            || d.spec_version < job.needs_spec_version
-        {
+fn choose(
+    devices: &[Device],
+    held: &[Option<JobId>],
+    job: &PendingJob,
+    s: &Snapshot,
+) -> Option<usize> {
+    let fits = |(i, d): &(usize, &Device)| {
+        if held[*i].is_some_and(|holder| holder != job.id) {
+            return false;
+        }
+        if !allowed(d, job) || d.exclusive || d.jobs >= d.max_jobs {
             return false;
         }
         match (d.is_gpu(), job.estimate) {
@@ -192,7 +362,7 @@ fn choose(devices: &[Device], job: &PendingJob, s: &Snapshot) -> Option<usize> {
             (true, None) => d.idle && d.jobs == 0,
         }
     };
-    let candidates = devices.iter().enumerate().filter(|(_, d)| fits(d));
+    let candidates = devices.iter().enumerate().filter(|x| fits(x));
     match s.policy {
         Policy::Spread => candidates
             .min_by_key(|(i, d)| (!d.is_gpu(), d.jobs, std::cmp::Reverse(d.free), *i))
@@ -224,6 +394,9 @@ mod tests {
             datasets: ["sketch".to_string()].into(),
             healthy: true,
             spec_version: 2,
+            gpu_model: "V100".into(),
+            time_left: None,
+            ours: Bytes(0),
         }
     }
 
@@ -238,6 +411,8 @@ mod tests {
             avoid_agent: None,
             refused_by: Vec::new(),
             needs_spec_version: 0,
+            duration_key: String::new(),
+            expected: None,
         }
     }
 
@@ -248,6 +423,7 @@ mod tests {
             owner_usage: BTreeMap::new(),
             policy: Policy::Spread,
             safety_margin: Bytes::from_mib(512),
+            running_kinds: Default::default(),
         }
     }
 
@@ -384,6 +560,9 @@ mod tests {
             datasets: ["sketch".to_string()].into(),
             healthy: true,
             spec_version: 2,
+            gpu_model: "V100".into(),
+            time_left: None,
+            ours: Bytes(0),
         };
         let s = snapshot(
             vec![cpu],
@@ -411,6 +590,125 @@ mod tests {
             vec![job(1, "u", Some(40)), job(2, "u", Some(4))],
         );
         assert_eq!(placed(&plan(&s)), vec![(2, 0)]);
+    }
+
+    fn timed(id: i64, kind: &str, gib: u64, expected: Option<f64>) -> PendingJob {
+        PendingJob {
+            duration_key: kind.into(),
+            expected,
+            ..job(id, "u", Some(gib))
+        }
+    }
+
+    #[test]
+    fn the_longest_expected_work_goes_first() {
+        let mut d = gpu("a", "g0", 32);
+        d.max_jobs = 2;
+        let s = snapshot(
+            vec![d],
+            vec![
+                timed(1, "short", 1, Some(60.0)),
+                timed(2, "long", 1, Some(7200.0)),
+                timed(3, "mid", 1, Some(600.0)),
+            ],
+        );
+        assert_eq!(placed(&plan(&s)), vec![(2, 0), (3, 0)]);
+    }
+
+    #[test]
+    fn an_untimed_kind_is_probed_once_then_waits_behind_timed_work() {
+        let mut d = gpu("a", "g0", 32);
+        d.max_jobs = 3;
+        let s = snapshot(
+            vec![d.clone()],
+            vec![
+                timed(1, "new", 1, None),
+                timed(2, "new", 1, None),
+                timed(3, "known", 1, Some(60.0)),
+                timed(4, "known", 1, Some(60.0)),
+            ],
+        );
+        // Job 1 probes the new kind; the timed jobs come before job 2.
+        assert_eq!(placed(&plan(&s)), vec![(1, 0), (3, 0), (4, 0)]);
+        // A kind already running needs no probe.
+        let mut s = s;
+        s.running_kinds.insert("new".into());
+        assert_eq!(placed(&plan(&s)), vec![(3, 0), (4, 0), (1, 0)]);
+    }
+
+    #[test]
+    fn priority_still_beats_expected_duration() {
+        let mut d = gpu("a", "g0", 32);
+        d.max_jobs = 1;
+        let mut urgent = timed(1, "short", 1, Some(60.0));
+        urgent.priority = 1;
+        let s = snapshot(vec![d], vec![timed(2, "long", 1, Some(7200.0)), urgent]);
+        assert_eq!(placed(&plan(&s)), vec![(1, 0)]);
+    }
+
+    #[test]
+    fn a_big_job_that_fits_nowhere_holds_the_gpu_that_will_free_first() {
+        // Two 32 GiB GPUs, each with 12 GiB of sweepfold jobs running; g1
+        // also has a teammate's 8 GiB notebook. The 28 GiB job fits only
+        // once g0's jobs end: it holds g0, so the small jobs go to g1 only.
+        let mut g0 = gpu("a", "g0", 32);
+        g0.free = Bytes::from_gib(20);
+        g0.ours = Bytes::from_gib(12);
+        let mut g1 = gpu("b", "g1", 32);
+        g1.free = Bytes::from_gib(12);
+        g1.ours = Bytes::from_gib(12);
+        let s = snapshot(
+            vec![g0.clone(), g1.clone()],
+            vec![
+                timed(1, "huge", 28, Some(7200.0)),
+                timed(2, "small", 4, Some(60.0)),
+                timed(3, "small", 4, Some(60.0)),
+                timed(4, "small", 4, Some(60.0)),
+            ],
+        );
+        assert_eq!(placed(&plan(&s)), vec![(2, 1), (3, 1)]);
+        // Once g0 is empty the big job starts there.
+        let s = snapshot(
+            vec![gpu("a", "g0", 32), g1],
+            vec![
+                timed(1, "huge", 28, Some(7200.0)),
+                timed(2, "small", 4, Some(60.0)),
+            ],
+        );
+        assert_eq!(placed(&plan(&s)), vec![(1, 0), (2, 1)]);
+    }
+
+    #[test]
+    fn no_gpu_is_held_for_a_job_that_could_never_fit_it() {
+        // 40 GiB on a 32 GiB GPU: holding the GPU would only idle it.
+        let mut g0 = gpu("a", "g0", 32);
+        g0.free = Bytes::from_gib(20);
+        g0.ours = Bytes::from_gib(12);
+        let s = snapshot(
+            vec![g0],
+            vec![
+                timed(1, "giant", 40, Some(7200.0)),
+                timed(2, "small", 4, Some(60.0)),
+            ],
+        );
+        assert_eq!(placed(&plan(&s)), vec![(2, 0)]);
+    }
+
+    #[test]
+    fn a_pilot_gets_only_jobs_expected_to_end_before_its_allocation() {
+        let mut pilot = gpu("slurm-7", "g0", 32);
+        pilot.time_left = Some(900.0);
+        let s = snapshot(
+            vec![pilot],
+            vec![
+                timed(1, "long", 1, Some(3600.0)),
+                timed(2, "short", 1, Some(600.0)),
+                timed(3, "unknown", 1, None),
+            ],
+        );
+        // The hour-long job waits for an agent with time; an untimed one
+        // is taken (nothing says it cannot finish).
+        assert_eq!(placed(&plan(&s)), vec![(3, 0), (2, 0)]);
     }
 
     // -- property tests ----------------------------------------------------
@@ -447,6 +745,9 @@ mod tests {
                     datasets: ds.into_iter().map(String::from).collect(),
                     healthy,
                     spec_version: 2,
+                    gpu_model: "V100".into(),
+                    time_left: None,
+                    ours: Bytes(0),
                 }
             });
         let pending = (
@@ -467,6 +768,8 @@ mod tests {
                 avoid_agent: avoid.map(|a| format!("agent{a}")),
                 refused_by: Vec::new(),
                 needs_spec_version: 0,
+                duration_key: String::new(),
+                expected: None,
             });
         (
             prop::collection::vec(device, 0..8),
@@ -483,6 +786,7 @@ mod tests {
                     owner_usage: BTreeMap::new(),
                     policy: if pack { Policy::Pack } else { Policy::Spread },
                     safety_margin: Bytes::from_gib(margin),
+                    running_kinds: Default::default(),
                 }
             })
     }

@@ -11,7 +11,7 @@ use sweepfold_common::folds::Split;
 use sweepfold_common::{Attempt, Bytes, JobId, SweepId};
 use tokio::sync::mpsc;
 
-use crate::agent_messages::{DatasetInfo, GpuReading};
+use crate::agent_messages::{DatasetInfo, GpuReading, Pilot};
 use crate::config::CoordinatorConfig;
 use crate::store::AgentRecord;
 
@@ -130,6 +130,8 @@ pub struct AgentSession {
     /// agent): the scheduler does not offer them to it again until it
     /// reconnects, perhaps upgraded.
     pub refused: BTreeSet<JobId>,
+    /// Set for an agent inside a Slurm allocation (`agent run --pilot`).
+    pub pilot: Option<Pilot>,
 }
 
 /// An agent's failure breaker: after a few jobs in a row fail at start, the
@@ -170,6 +172,7 @@ impl AgentSession {
             health: Health::default(),
             assigned_at: HashMap::new(),
             refused: BTreeSet::new(),
+            pilot: None,
         }
     }
 

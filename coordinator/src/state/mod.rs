@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::blobs::BlobStore;
 use crate::config::CoordinatorConfig;
 use crate::error::{Error, Result};
+use crate::scheduler::durations::Durations;
 use crate::store::{EventRecord, Finished, Outcome, Store};
 
 pub fn now_ms() -> i64 {
@@ -41,6 +42,9 @@ pub struct Core {
     pub agents: BTreeMap<String, AgentSession>,
     /// Largest successful peak GPU memory per memory key.
     pub learned: HashMap<String, Bytes>,
+    /// Run times by duration key and GPU model (rebuilt from the store's
+    /// succeeded attempts on start-up, then fed by job updates).
+    pub durations: Durations,
     pub next_session: u64,
     /// Sweeps whose last open job ended in this critical section; their
     /// automatic ensembles start when it ends.
@@ -168,12 +172,17 @@ impl CoordinatorHandle {
             .map(|r| (r.name.clone(), AgentSession::from_record(r, now)))
             .collect();
         let learned = store.learned_peaks()?.into_iter().collect();
+        let mut durations = Durations::default();
+        for (key, model, seconds) in store.learned_durations()? {
+            durations.observe_finished(&key, &model, seconds);
+        }
         let (events, _) = broadcast::channel(4096);
         Ok(CoordinatorHandle {
             core: Arc::new(Mutex::new(Core {
                 store,
                 agents,
                 learned,
+                durations,
                 next_session: 0,
                 finished_sweeps: Vec::new(),
                 leases_checked_at: now,

@@ -24,6 +24,7 @@ pub struct QueuedJob {
     pub memory_key: String,
     /// 0 when unknown.
     pub memory_estimate: Bytes,
+    pub duration_key: String,
     /// The agent of the last attempt, if that attempt failed at start.
     pub avoid_agent: Option<String>,
     pub fold_split: Split,
@@ -146,13 +147,82 @@ pub(super) fn refresh_sweep(tx: &Transaction<'_>, sweep: SweepId) -> Result<Opti
     Ok((changed > 0).then_some(sweep))
 }
 
+/// One assignment for [`Store::assign_all`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewAssignment<'a> {
+    pub job: JobId,
+    pub agent: &'a str,
+    /// Empty for a CPU slot.
+    pub gpu_uuid: &'a str,
+    /// The GPU's model (`cpu` for a CPU slot), for run times by GPU model.
+    pub gpu_model: &'a str,
+    pub estimate: Bytes,
+}
+
+fn assign_in(
+    tx: &Transaction<'_>,
+    a: &NewAssignment<'_>,
+    now_ms: i64,
+) -> Result<Option<(EventRecord, JobRecord)>> {
+    let NewAssignment {
+        job,
+        agent,
+        gpu_uuid,
+        gpu_model,
+        estimate,
+    } = *a;
+    let Some(j) = job_by_id(tx, job)? else {
+        return Err(Error::JobNotFound(job));
+    };
+    if j.state != JobState::Queued {
+        return Ok(None);
+    }
+    let attempt = j.attempt.0 + 1;
+    tx.prepare_cached(
+        "UPDATE jobs SET attempt = ?2, agent = ?3, gpu_uuid = ?4, memory_estimate = ?5 WHERE id = ?1",
+    )?
+    .execute(params![job.0, attempt, agent, gpu_uuid, estimate.get() as i64])?;
+    tx.prepare_cached(
+        "INSERT INTO attempts (job_id, attempt, agent, gpu_uuid, assigned_at_ms, gpu_model) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![job.0, attempt, agent, gpu_uuid, now_ms, gpu_model])?;
+    let j = JobRecord {
+        attempt: Attempt(attempt),
+        agent: agent.to_string(),
+        gpu_uuid: gpu_uuid.to_string(),
+        memory_estimate: estimate,
+        started_at_ms: None,
+        ..j
+    };
+    let device = if gpu_uuid.is_empty() {
+        "cpu".to_string()
+    } else {
+        format!("gpu {gpu_uuid}")
+    };
+    let ev = set_state(
+        tx,
+        &j,
+        JobState::Assigned,
+        &format!("assigned to agent {agent} {device}"),
+        now_ms,
+    )?;
+    Ok(Some((
+        ev,
+        JobRecord {
+            state: JobState::Assigned,
+            ..j
+        },
+    )))
+}
+
 impl Store {
     /// Queued jobs with what placement needs, oldest first.
     pub fn queued_jobs(&self) -> Result<Vec<QueuedJob>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT j.id, j.sweep_id, s.owner, s.priority, s.dataset, j.memory_key, j.memory_estimate, \
              (SELECT a.agent FROM attempts a WHERE a.job_id = j.id AND a.attempt = j.attempt \
-              AND a.outcome = 'start_failure'), s.fold_split \
+              AND a.outcome = 'start_failure'), s.fold_split, j.duration_key \
              FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE j.state = 'queued' ORDER BY j.id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -166,6 +236,7 @@ impl Store {
                 memory_estimate: Bytes(r.get::<_, i64>(6)? as u64),
                 avoid_agent: r.get(7)?,
                 fold_split: super::split_from_column(r, 8)?,
+                duration_key: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -201,50 +272,31 @@ impl Store {
         estimate: Bytes,
         now_ms: i64,
     ) -> Result<Option<(EventRecord, JobRecord)>> {
+        let one = NewAssignment {
+            job,
+            agent,
+            gpu_uuid,
+            gpu_model: "",
+            estimate,
+        };
+        Ok(self.assign_all(&[one], now_ms)?.pop().flatten())
+    }
+
+    /// Assigns many queued jobs in one transaction (one commit, one fsync,
+    /// for a whole scheduling pass). Each result is `None` when that job was
+    /// no longer queued. Nothing is stored if any write fails.
+    pub fn assign_all(
+        &mut self,
+        all: &[NewAssignment<'_>],
+        now_ms: i64,
+    ) -> Result<Vec<Option<(EventRecord, JobRecord)>>> {
         let tx = self.conn.transaction()?;
-        let Some(j) = job_by_id(&tx, job)? else {
-            return Err(Error::JobNotFound(job));
-        };
-        if j.state != JobState::Queued {
-            return Ok(None);
+        let mut out = Vec::with_capacity(all.len());
+        for a in all {
+            out.push(assign_in(&tx, a, now_ms)?);
         }
-        let attempt = j.attempt.0 + 1;
-        tx.execute(
-            "UPDATE jobs SET attempt = ?2, agent = ?3, gpu_uuid = ?4, memory_estimate = ?5 WHERE id = ?1",
-            params![job.0, attempt, agent, gpu_uuid, estimate.get() as i64],
-        )?;
-        tx.execute(
-            "INSERT INTO attempts (job_id, attempt, agent, gpu_uuid, assigned_at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![job.0, attempt, agent, gpu_uuid, now_ms],
-        )?;
-        let j = JobRecord {
-            attempt: Attempt(attempt),
-            agent: agent.to_string(),
-            gpu_uuid: gpu_uuid.to_string(),
-            memory_estimate: estimate,
-            ..j
-        };
-        let device = if gpu_uuid.is_empty() {
-            "cpu".to_string()
-        } else {
-            format!("gpu {gpu_uuid}")
-        };
-        let ev = set_state(
-            &tx,
-            &j,
-            JobState::Assigned,
-            &format!("assigned to agent {agent} {device}"),
-            now_ms,
-        )?;
         tx.commit()?;
-        Ok(Some((
-            ev,
-            JobRecord {
-                state: JobState::Assigned,
-                ..j
-            },
-        )))
+        Ok(out)
     }
 
     /// The agent confirmed the process started. `None` if it was already
@@ -473,6 +525,22 @@ impl Store {
             [job.0],
             |r| r.get(0),
         )?)
+    }
+
+    /// Run times of succeeded attempts (process start to end), oldest
+    /// first: duration key, GPU model, seconds.
+    pub fn learned_durations(&self) -> Result<Vec<(String, String, f64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT j.duration_key, a.gpu_model, a.ended_at_ms - a.started_at_ms \
+             FROM attempts a JOIN jobs j ON j.id = a.job_id \
+             WHERE a.outcome = 'succeeded' AND a.started_at_ms IS NOT NULL \
+             AND a.ended_at_ms >= a.started_at_ms AND j.duration_key != '' \
+             ORDER BY a.ended_at_ms",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as f64 / 1000.0))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Largest successful peak memory per memory key.

@@ -24,6 +24,7 @@ mod ensembles;
 mod imports;
 mod lifecycle;
 mod outputs;
+mod pilots;
 mod search;
 mod tokens;
 
@@ -32,8 +33,9 @@ pub use deletion::DeletedSweep;
 pub use early_stopping::{RungSweep, Stop};
 pub use ensembles::{ConfigStats, CurvePoint, EnsembleRecord};
 pub use imports::{IMPORT_AGENT, NewImport};
-pub use lifecycle::{AssignmentInfo, Finished, Outcome, QueuedJob};
+pub use lifecycle::{AssignmentInfo, Finished, NewAssignment, Outcome, QueuedJob};
 pub use outputs::{MetricRecord, OutputRecord};
+pub use pilots::{PilotRecord, PilotState, pilot_agent_name};
 pub use search::{SearchConfig, SearchView};
 pub use tokens::{TokenKind, TokenRecord, token_by_sha256, token_sha256};
 
@@ -70,6 +72,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0008_early_stopping",
         include_str!("../../migrations/0008_early_stopping.sql"),
+    ),
+    (
+        "0009_durations_pilots",
+        include_str!("../../migrations/0009_durations_pilots.sql"),
     ),
 ];
 
@@ -206,6 +212,12 @@ pub struct JobRecord {
     pub memory_key: String,
     pub oom_requeues: u32,
     pub lost_attempts: u32,
+    /// Jobs with the same key are expected to run about as long.
+    pub duration_key: String,
+    /// 0 when the spec does not say.
+    pub planned_epochs: u32,
+    /// When the current attempt's process started, if it has.
+    pub started_at_ms: Option<i64>,
 }
 
 /// One state change of one job.
@@ -237,7 +249,7 @@ pub struct Store {
     path: PathBuf,
 }
 
-fn bad_column(column: &str, value: &str) -> rusqlite::Error {
+pub(crate) fn bad_column(column: &str, value: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
         0,
         rusqlite::types::Type::Text,
@@ -252,8 +264,9 @@ fn parse_state(s: &str) -> rusqlite::Result<JobState> {
 /// `SELECT` of full job records; append a `WHERE` clause.
 const JOB_SELECT: &str = "SELECT j.id, j.sweep_id, j.config_index, j.fold, j.state, j.attempt, \
      j.failures, j.last_error, j.log_tail, j.agent, j.gpu_uuid, j.memory_estimate, j.updated_at_ms, \
-     c.params_json, j.memory_key, j.oom_requeues, j.lost_attempts FROM jobs j JOIN configurations c \
-     ON c.sweep_id = j.sweep_id AND c.config_index = j.config_index";
+     c.params_json, j.memory_key, j.oom_requeues, j.lost_attempts, j.duration_key, j.planned_epochs, \
+     (SELECT a.started_at_ms FROM attempts a WHERE a.job_id = j.id AND a.attempt = j.attempt) \
+     FROM jobs j JOIN configurations c ON c.sweep_id = j.sweep_id AND c.config_index = j.config_index";
 
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     Ok(JobRecord {
@@ -274,6 +287,9 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         memory_key: r.get(14)?,
         oom_requeues: r.get(15)?,
         lost_attempts: r.get(16)?,
+        duration_key: r.get(17)?,
+        planned_epochs: r.get(18)?,
+        started_at_ms: r.get(19)?,
     })
 }
 
@@ -445,7 +461,8 @@ impl Store {
             )?;
             let mut job = tx.prepare(
                 "INSERT INTO jobs (sweep_id, config_index, fold, state, memory_estimate, memory_key, \
-                 updated_at_ms) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+                 updated_at_ms, duration_key, planned_epochs) \
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)",
             )?;
             let mut event = tx.prepare(
                 "INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, at_ms) \
@@ -456,9 +473,18 @@ impl Store {
                 let spec_json = serde_json::to_string(&c.spec).map_err(json_err)?;
                 conf.execute(params![sweep_id, c.index, params_json, spec_json])?;
                 let memory_key = c.spec.memory_key(sweep_id, c.index);
+                let duration_key = c.spec.duration_key(sweep_id, c.index, &f.dataset);
+                let epochs = c.spec.planned_epochs().unwrap_or(0);
                 for fold in 0..f.kfold.folds {
                     job.execute(params![
-                        sweep_id, c.index, fold, estimate, memory_key, new.now_ms
+                        sweep_id,
+                        c.index,
+                        fold,
+                        estimate,
+                        memory_key,
+                        new.now_ms,
+                        duration_key,
+                        epochs
                     ])?;
                     event.execute(params![tx.last_insert_rowid(), new.now_ms])?;
                 }
@@ -698,11 +724,8 @@ impl Store {
 
 fn job_by_id(conn: &Connection, id: JobId) -> Result<Option<JobRecord>> {
     Ok(conn
-        .query_row(
-            &format!("{JOB_SELECT} WHERE j.id = ?1"),
-            [id.0],
-            job_from_row,
-        )
+        .prepare_cached(&format!("{JOB_SELECT} WHERE j.id = ?1"))?
+        .query_row([id.0], job_from_row)
         .optional()?)
 }
 
@@ -725,22 +748,22 @@ pub(super) fn set_state(
     } else {
         job.last_error.as_str()
     };
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE jobs SET state = ?2, last_error = ?3, updated_at_ms = ?4 WHERE id = ?1",
-        params![job.id.0, to.as_str(), error, now_ms],
-    )?;
-    tx.execute(
+    )?
+    .execute(params![job.id.0, to.as_str(), error, now_ms])?;
+    tx.prepare_cached(
         "INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, at_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            job.id.0,
-            job.attempt.0,
-            job.state.as_str(),
-            to.as_str(),
-            reason,
-            now_ms
-        ],
-    )?;
+    )?
+    .execute(params![
+        job.id.0,
+        job.attempt.0,
+        job.state.as_str(),
+        to.as_str(),
+        reason,
+        now_ms
+    ])?;
     Ok(EventRecord {
         job_id: job.id,
         sweep_id: job.sweep_id,

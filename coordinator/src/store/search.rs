@@ -153,14 +153,16 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool> {
         let tx = self.conn.transaction()?;
-        let row: Option<(String, Option<u32>, u32, Option<i64>)> = tx
+        /// state, planned configurations, folds, gpu_memory, dataset
+        type SweepRow = (String, Option<u32>, u32, Option<i64>, String);
+        let row: Option<SweepRow> = tx
             .query_row(
-                "SELECT state, planned_configs, folds, gpu_memory FROM sweeps WHERE id = ?1",
+                "SELECT state, planned_configs, folds, gpu_memory, dataset FROM sweeps WHERE id = ?1",
                 [sweep.0],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        let Some((state, Some(planned), folds, gpu_memory)) = row else {
+        let Some((state, Some(planned), folds, gpu_memory, dataset)) = row else {
             return Ok(false);
         };
         let have: u32 = tx.query_row(
@@ -179,17 +181,21 @@ impl Store {
             params![sweep.0, c.index, params_json, spec_json, origin.as_str()],
         )?;
         let memory_key = c.spec.memory_key(sweep.0, c.index);
+        let duration_key = c.spec.duration_key(sweep.0, c.index, &dataset);
         for fold in 0..folds {
             tx.execute(
                 "INSERT INTO jobs (sweep_id, config_index, fold, state, memory_estimate, memory_key, \
-                 updated_at_ms) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+                 updated_at_ms, duration_key, planned_epochs) \
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)",
                 params![
                     sweep.0,
                     c.index,
                     fold,
                     gpu_memory.unwrap_or(0),
                     memory_key,
-                    now_ms
+                    now_ms,
+                    duration_key,
+                    c.spec.planned_epochs().unwrap_or(0)
                 ],
             )?;
             tx.execute(

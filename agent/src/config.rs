@@ -60,6 +60,11 @@ pub struct AgentConfig {
     /// This agent's client certificate and key (`coordinator certs init --agent NAME`).
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// A pilot (`--pilot`) exits after this long without a job.
+    pub pilot_idle_exit_secs: u64,
+    /// Set by `--pilot` from the Slurm job's environment (not a config key).
+    #[serde(skip)]
+    pub pilot: Option<crate::pilot::PilotEnv>,
 }
 
 impl Default for AgentConfig {
@@ -85,6 +90,8 @@ impl Default for AgentConfig {
             ca_cert: None,
             client_cert: None,
             client_key: None,
+            pilot_idle_exit_secs: 120,
+            pilot: None,
         }
     }
 }
@@ -99,6 +106,8 @@ pub struct Flags {
     pub cpu: bool,
     pub cpu_slots: Option<u32>,
     pub fake_gpus: Option<String>,
+    /// `--idle-exit SECS` (pilots).
+    pub idle_exit_secs: Option<u64>,
 }
 
 /// Parses `NAME=PATH` of `--dataset`.
@@ -144,6 +153,9 @@ impl AgentConfig {
         }
         if let Some(f) = &flags.fake_gpus {
             overrides.push(("fake_gpus".into(), f.clone()));
+        }
+        if let Some(n) = flags.idle_exit_secs {
+            overrides.push(("pilot_idle_exit_secs".into(), n.to_string()));
         }
         let refs: Vec<(&str, String)> = overrides
             .iter()

@@ -45,6 +45,47 @@ pub trait GpuProbe: Send + Sync {
     fn release(&self, _pid: u32) {}
 }
 
+/// Only the GPUs a Slurm allocation gave a pilot (`CUDA_VISIBLE_DEVICES`);
+/// NVML itself lists every GPU of the node.
+pub struct VisibleOnly {
+    pub inner: std::sync::Arc<dyn GpuProbe>,
+    pub pilot: crate::pilot::PilotEnv,
+}
+
+impl GpuProbe for VisibleOnly {
+    fn describe(&self) -> String {
+        format!(
+            "{}, restricted to CUDA_VISIBLE_DEVICES={}",
+            self.inner.describe(),
+            self.pilot
+                .visible_gpus
+                .as_ref()
+                .map_or("(unset)".to_string(), |v| v.join(","))
+        )
+    }
+
+    fn read(&self) -> Result<Vec<GpuInfo>> {
+        Ok(self
+            .inner
+            .read()?
+            .into_iter()
+            .filter(|g| self.pilot.gpu_visible(g.index, &g.uuid))
+            .collect())
+    }
+
+    fn is_fake(&self) -> bool {
+        self.inner.is_fake()
+    }
+
+    fn report_usage(&self, gpu_uuid: &str, pid: u32, bytes: Bytes) {
+        self.inner.report_usage(gpu_uuid, pid, bytes)
+    }
+
+    fn release(&self, pid: u32) {
+        self.inner.release(pid)
+    }
+}
+
 /// Real GPUs through NVML (libnvidia-ml, loaded at run time).
 pub struct NvmlProbe {
     nvml: nvml_wrapper::Nvml,

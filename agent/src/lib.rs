@@ -12,6 +12,7 @@ pub mod datasets;
 pub mod error;
 pub mod gpu;
 pub mod jobs;
+pub mod pilot;
 pub mod runner;
 pub mod session;
 pub mod upload;

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use agent::config::{AgentConfig, Flags, parse_dataset_flag};
 use agent::connect::Gateway;
 use agent::datasets::Datasets;
-use agent::gpu::{FakeProbe, GpuProbe, NvmlProbe};
+use agent::gpu::{FakeProbe, GpuProbe, NvmlProbe, VisibleOnly};
 use agent::jobs::JobManager;
+use agent::pilot::PilotEnv;
 use agent::session::Agent;
 use agent::upload::Uploader;
 use anyhow::{Context, anyhow};
@@ -56,6 +57,14 @@ enum Command {
         /// Simulated GPUs for tests, e.g. 2x16GiB,1x32GiB.
         #[arg(long)]
         fake_gpus: Option<String>,
+        /// Run as a Slurm pilot inside an allocation: named slurm-<job id>,
+        /// only the GPUs Slurm gave it, only jobs that end before the
+        /// allocation does, exit when idle.
+        #[arg(long)]
+        pilot: bool,
+        /// With --pilot: exit after this many seconds without a job.
+        #[arg(long, requires = "pilot")]
+        idle_exit: Option<u64>,
     },
     /// Print this machine's GPUs, their memory and compute processes.
     Gpus {
@@ -91,7 +100,46 @@ fn no_gpu_hint(e: impl std::fmt::Display) -> anyhow::Error {
     )
 }
 
+/// `--pilot`: what the Slurm job's environment says, and the name and
+/// node-local work dir that follow unless given.
+fn as_pilot(mut cfg: AgentConfig, named: bool, placed: bool) -> anyhow::Result<AgentConfig> {
+    let env = PilotEnv::from_process().map_err(anyhow::Error::msg)?;
+    if !named {
+        cfg.name = env.agent_name();
+    }
+    if !placed {
+        let tmp = std::env::var_os("TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        cfg.work_dir = tmp.join(format!("sweepfold-{}", env.agent_name()));
+    }
+    tracing::info!(
+        slurm_job = %env.slurm_job_id,
+        ends_at_ms = ?env.ends_at_ms,
+        gpus = ?env.visible_gpus,
+        work_dir = %cfg.work_dir.display(),
+        idle_exit_secs = cfg.pilot_idle_exit_secs,
+        "running as a Slurm pilot"
+    );
+    if env.ends_at_ms.is_none() {
+        tracing::warn!(
+            "the allocation's end is unknown (no SLURM_JOB_END_TIME, squeue did not say): jobs are taken without a deadline"
+        );
+    }
+    cfg.pilot = Some(env);
+    Ok(cfg)
+}
+
 fn make_probe(cfg: &AgentConfig) -> anyhow::Result<Option<Arc<dyn GpuProbe>>> {
+    let probe = make_node_probe(cfg)?;
+    Ok(match (probe, &cfg.pilot) {
+        (Some(inner), Some(pilot)) => Some(Arc::new(VisibleOnly {
+            inner,
+            pilot: pilot.clone(),
+        })),
+        (probe, _) => probe,
+    })
+}
+
+fn make_node_probe(cfg: &AgentConfig) -> anyhow::Result<Option<Arc<dyn GpuProbe>>> {
     if cfg.cpu {
         tracing::info!(slots = cfg.cpu_slots, "running jobs on the CPU (--cpu)");
         return Ok(None);
@@ -170,6 +218,41 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
         signal_stop.cancel();
     });
+    if cfg.pilot.is_some() {
+        let jobs = jobs.clone();
+        let stop = session_stop.clone();
+        let idle_exit = Duration::from_secs(cfg.pilot_idle_exit_secs);
+        let ends_at_ms = cfg.pilot.as_ref().and_then(|p| p.ends_at_ms);
+        tokio::spawn(async move {
+            let mut idle_since = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if stop.is_cancelled() {
+                    return;
+                }
+                if jobs.running_count() > 0 || jobs.unacknowledged() > 0 {
+                    idle_since = Instant::now();
+                    continue;
+                }
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                if ends_at_ms.is_some_and(|end| now_ms >= end) {
+                    tracing::info!("the allocation has ended: the pilot exits");
+                    stop.cancel();
+                    return;
+                }
+                if idle_since.elapsed() >= idle_exit {
+                    tracing::info!(
+                        idle_secs = idle_since.elapsed().as_secs(),
+                        "the pilot has had no job for its idle time: exiting, which frees the allocation"
+                    );
+                    stop.cancel();
+                    return;
+                }
+            }
+        });
+    }
     tracing::info!(
         agent = %cfg.name,
         coordinator = %url,
@@ -275,20 +358,34 @@ fn main() -> ExitCode {
             cpu,
             cpu_slots,
             fake_gpus,
-        } => AgentConfig::load(
-            config.as_deref(),
-            EnvSource::Process,
-            &Flags {
-                coordinator,
-                name,
-                work_dir,
-                datasets,
-                cpu,
-                cpu_slots,
-                fake_gpus,
-            },
-        )
-        .map_err(anyhow::Error::from)
+            pilot,
+            idle_exit,
+        } => {
+            let named = name.is_some();
+            let placed = work_dir.is_some();
+            AgentConfig::load(
+                config.as_deref(),
+                EnvSource::Process,
+                &Flags {
+                    coordinator,
+                    name,
+                    work_dir,
+                    datasets,
+                    cpu,
+                    cpu_slots,
+                    fake_gpus,
+                    idle_exit_secs: idle_exit,
+                },
+            )
+            .map_err(anyhow::Error::from)
+            .and_then(|cfg| {
+                if pilot {
+                    as_pilot(cfg, named, placed)
+                } else {
+                    Ok(cfg)
+                }
+            })
+        }
         .and_then(|cfg| {
             tokio::runtime::Runtime::new()
                 .context("cannot start the async runtime")?

@@ -150,6 +150,10 @@ impl Agent {
             instance: self.instance.clone(),
             pid: std::process::id(),
             disk: self.disk(),
+            pilot: self.cfg.pilot.as_ref().map(|p| pb::Pilot {
+                slurm_job_id: p.slurm_job_id.clone(),
+                ends_at_ms: p.ends_at_ms.unwrap_or(0),
+            }),
         }
     }
 

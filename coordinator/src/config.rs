@@ -41,8 +41,163 @@ pub struct CoordinatorConfig {
     pub scheduler: SchedulerConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    /// Where else agents come from: `[executors.slurm]` submits pilot
+    /// agents into a Slurm cluster when queued jobs fit no connected agent.
+    pub executors: ExecutorsConfig,
     /// Allow listening on a non-loopback address without TLS and tokens.
     pub insecure: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorsConfig {
+    pub slurm: Option<SlurmConfig>,
+}
+
+/// Pilot agents submitted with `sbatch` (see deploy/README.md, "On a
+/// Slurm cluster").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    /// `--partition`; empty: the cluster's default.
+    pub partition: String,
+    /// `--account`; empty: none.
+    pub account: String,
+    /// GPUs per pilot (`--gres=gpu:N`); 0 with `cpu = true`.
+    pub gpus_per_pilot: u32,
+    /// Memory of one of the partition's GPUs: what the coordinator assumes
+    /// when it asks whether a pilot would get work.
+    pub gpu_memory: Bytes,
+    /// `--cpus-per-task`; 0: not asked.
+    pub cpus_per_pilot: u32,
+    /// `--time` of a pilot, in Slurm's `[D-]HH:MM:SS` or minutes.
+    pub time_limit: String,
+    /// Pilots pending or running at once, at most.
+    pub max_pilots: u32,
+    /// More `sbatch` arguments, e.g. `["--qos=short", "--constraint=v100"]`.
+    pub sbatch_args: Vec<String>,
+    /// The agent's command line on a compute node; `--pilot` is added when
+    /// missing. It names the coordinator (`--coordinator URL`) and the
+    /// node-local datasets (`--dataset NAME=PATH`), which also tell the
+    /// coordinator which jobs a pilot could take.
+    pub agent_command: Vec<String>,
+    /// CPU pilots (`agent run --cpu`; clusters without GPUs, and tests).
+    pub cpu: bool,
+    /// With `cpu`: the jobs one pilot runs at once.
+    pub cpu_slots: u32,
+    /// How often Slurm's queue is read and the need for pilots judged.
+    pub poll_ms: u64,
+    /// A pilot whose agent has had no job this long is cancelled (pilots
+    /// also exit by themselves when idle, `--idle-exit`).
+    pub idle_cancel_ms: u64,
+    /// The commands (paths when they are not on PATH).
+    pub sbatch: String,
+    pub squeue: String,
+    pub scancel: String,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig {
+            partition: String::new(),
+            account: String::new(),
+            gpus_per_pilot: 1,
+            gpu_memory: Bytes::from_gib(32),
+            cpus_per_pilot: 0,
+            time_limit: "04:00:00".into(),
+            max_pilots: 4,
+            sbatch_args: Vec::new(),
+            agent_command: Vec::new(),
+            cpu: false,
+            cpu_slots: 1,
+            poll_ms: 10_000,
+            idle_cancel_ms: 600_000,
+            sbatch: "sbatch".into(),
+            squeue: "squeue".into(),
+            scancel: "scancel".into(),
+        }
+    }
+}
+
+impl SlurmConfig {
+    /// `time_limit` in seconds.
+    pub fn time_limit_secs(&self) -> Result<u64, String> {
+        parse_slurm_time(&self.time_limit).ok_or_else(|| {
+            format!(
+                "executors.slurm.time_limit: `{}` is not a Slurm time such as 04:00:00, 1-00:00:00 or 90 (minutes)",
+                self.time_limit
+            )
+        })
+    }
+
+    /// Dataset names the pilots' command line gives them.
+    pub fn datasets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut it = self.agent_command.iter();
+        while let Some(arg) = it.next() {
+            let value = if arg == "--dataset" {
+                it.next().cloned()
+            } else {
+                arg.strip_prefix("--dataset=").map(str::to_string)
+            };
+            if let Some((name, _)) = value.as_deref().and_then(|v| v.split_once('=')) {
+                out.push(name.to_string());
+            }
+        }
+        out
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.time_limit_secs()?;
+        if self.agent_command.is_empty() {
+            return Err("executors.slurm.agent_command is empty: give the agent's command line on a compute node, e.g. [\"/opt/sweepfold/agent\", \"run\", \"--coordinator\", \"https://head:7070\", \"--dataset\", \"sketch=/scratch/sketch\"]".into());
+        }
+        if self.datasets().is_empty() {
+            return Err("executors.slurm.agent_command gives the pilots no dataset (--dataset NAME=PATH): they could run no job".into());
+        }
+        if self.max_pilots == 0 {
+            return Err("executors.slurm.max_pilots must be at least 1".into());
+        }
+        if !self.cpu && self.gpus_per_pilot == 0 {
+            return Err("executors.slurm.gpus_per_pilot must be at least 1 (or cpu = true)".into());
+        }
+        if self.cpu && self.cpu_slots == 0 {
+            return Err("executors.slurm.cpu_slots must be at least 1".into());
+        }
+        if self.poll_ms < 100 {
+            return Err("executors.slurm.poll_ms must be at least 100".into());
+        }
+        for (key, v) in [("partition", &self.partition), ("account", &self.account)] {
+            if v.starts_with('-') || v.contains(char::is_whitespace) {
+                return Err(format!("executors.slurm.{key}: `{v}` is not a Slurm name"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Slurm's `[D-]HH:MM:SS`, `HH:MM:SS`, `MM:SS` (as Slurm reads `--time`,
+/// minutes and seconds) or plain minutes, in seconds.
+pub fn parse_slurm_time(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (days, rest) = match s.split_once('-') {
+        Some((d, r)) => (d.parse::<u64>().ok()?, r),
+        None => (0, s),
+    };
+    let parts: Vec<u64> = rest
+        .split(':')
+        .map(|p| p.parse::<u64>().ok())
+        .collect::<Option<_>>()?;
+    let secs = match (parts.as_slice(), days) {
+        ([m], 0) => m * 60,
+        ([h], _) => h * 3600,
+        ([a, b], 0) => a * 60 + b,
+        ([h, m], _) => h * 3600 + m * 60,
+        ([h, m, sec], _) => h * 3600 + m * 60 + sec,
+        _ => return None,
+    };
+    let total = days * 86_400 + secs;
+    (total > 0).then_some(total)
 }
 
 /// TLS for every connection (rustls). `coordinator certs init` makes a CA
@@ -136,6 +291,7 @@ impl Default for CoordinatorConfig {
             scheduler: SchedulerConfig::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
+            executors: ExecutorsConfig::default(),
             insecure: false,
         }
     }
@@ -221,6 +377,9 @@ impl CoordinatorConfig {
         }
         if !(s.oom_growth > 1.0 && s.oom_growth.is_finite()) {
             return Err("scheduler.oom_growth must be more than 1".into());
+        }
+        if let Some(slurm) = &self.executors.slurm {
+            slurm.validate()?;
         }
         Ok(())
     }

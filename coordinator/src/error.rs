@@ -57,6 +57,9 @@ pub enum Error {
     DiskFull,
     #[error("store: {0}")]
     Store(rusqlite::Error),
+    /// A Slurm command of the Slurm executor failed or could not run.
+    #[error("slurm: {0}")]
+    Slurm(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -95,6 +98,7 @@ impl From<Error> for tonic::Status {
             Error::NameInUse(_) => Code::AlreadyExists,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::DiskFull => Code::ResourceExhausted,
+            Error::Slurm(_) => Code::Unavailable,
             Error::DataDir { .. }
             | Error::SchemaTooNew { .. }
             | Error::Store(_)

@@ -30,6 +30,9 @@ pub async fn agents(client: &mut Client, json: bool) -> anyhow::Result<()> {
                     "mismatched_datasets": a.mismatched_datasets,
                     "disk_free_bytes": a.disk_free_bytes,
                     "disk_full_reason": a.disk_full_reason,
+                    "slurm_job_id": a.slurm_job_id,
+                    "slurm_state": a.slurm_state,
+                    "ends_at_ms": (a.ends_at_ms > 0).then_some(a.ends_at_ms),
                     "datasets": a.datasets.iter().map(|d| serde_json::json!({
                         "name": d.name, "train_csv_sha256": d.train_csv_sha256,
                         "test_csv_sha256": d.test_csv_sha256,
@@ -64,12 +67,25 @@ pub async fn agents(client: &mut Client, json: bool) -> anyhow::Result<()> {
         "AGENT", "HOST", "STATUS", "GPU", "NAME", "FREE", "TOTAL", "UTIL", "JOBS", "DATASETS",
     ]);
     for a in &agents {
-        let status = if !a.connected {
+        let status = if !a.slurm_job_id.is_empty() && !a.connected {
+            format!(
+                "slurm job {} {}",
+                a.slurm_job_id,
+                a.slurm_state.to_lowercase()
+            )
+        } else if !a.connected {
             "disconnected".to_string()
         } else if !a.unhealthy_reason.is_empty() {
             format!("unhealthy: {}", a.unhealthy_reason)
         } else if !a.disk_full_reason.is_empty() {
             a.disk_full_reason.clone()
+        } else if !a.slurm_job_id.is_empty() {
+            let ends = if a.ends_at_ms > 0 {
+                format!(", ends {}", from_now(a.ends_at_ms))
+            } else {
+                String::new()
+            };
+            format!("ok (slurm job {}{ends})", a.slurm_job_id)
         } else {
             "ok".to_string()
         };

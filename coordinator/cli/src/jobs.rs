@@ -237,3 +237,53 @@ pub async fn job(client: &mut Client, id: i64, json: bool) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// Why a job is (not) running, and what would let it start.
+pub async fn explain(client: &mut Client, id: i64, json: bool) -> anyhow::Result<()> {
+    let r = client
+        .explain_job(pb::ExplainJobRequest { job_id: id })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        let devices: Vec<Value> = r
+            .devices
+            .iter()
+            .map(
+                |d| serde_json::json!({"agent": d.agent, "device": d.device, "reasons": d.reasons}),
+            )
+            .collect();
+        return print_json(&serde_json::json!({
+            "job_id": r.job_id,
+            "state": state_name(r.state),
+            "summary": r.summary,
+            "devices": devices,
+            "remedies": r.remedies,
+            "expected_seconds": (r.expected_seconds > 0.0).then_some(r.expected_seconds),
+            "expected_start_ms": (r.expected_start_ms > 0).then_some(r.expected_start_ms),
+        }));
+    }
+    outln!("{}", r.summary);
+    if r.expected_seconds > 0.0 {
+        outln!(
+            "  expected run time (learned for its kind): {}",
+            human_seconds(r.expected_seconds)
+        );
+    }
+    if !r.devices.is_empty() {
+        let mut t = Table::new(vec!["AGENT", "DEVICE", "WHY NOT HERE"]);
+        for d in &r.devices {
+            let why = if d.reasons.is_empty() {
+                "fits now".to_string()
+            } else {
+                d.reasons.join("; ")
+            };
+            t.row(vec![d.agent.clone(), d.device.clone(), why]);
+        }
+        out!("{}", t.render());
+    }
+    for remedy in &r.remedies {
+        outln!("  to start it: {remedy}");
+    }
+    Ok(())
+}

@@ -78,6 +78,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Why a queued job is not running (per agent and GPU), and what would
+    /// let it start.
+    Explain {
+        /// Job id.
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
     /// List agents and their GPUs.
     Agents {
         #[arg(long)]
@@ -237,6 +245,7 @@ pub async fn run(target: &Target, command: Command) -> anyhow::Result<()> {
             jobs::jobs(&mut connect(target).await?, sweep, state, json).await
         }
         Command::Job { id, json } => jobs::job(&mut connect(target).await?, id, json).await,
+        Command::Explain { id, json } => jobs::explain(&mut connect(target).await?, id, json).await,
         Command::Agents { json } => agents::agents(&mut connect(target).await?, json).await,
         Command::Dataset {
             action: DatasetAction::Reregister { dataset },

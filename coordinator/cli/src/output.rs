@@ -146,6 +146,40 @@ pub fn params_value(params_json: &str) -> Value {
     serde_json::from_str(params_json).unwrap_or(Value::String(params_json.to_string()))
 }
 
+/// "45 s", "12 min", "3.2 h".
+pub fn human_seconds(s: f64) -> String {
+    if s < 90.0 {
+        format!("{:.0} s", s.max(0.0))
+    } else if s < 5400.0 {
+        format!("{:.0} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}
+
+/// A moment as "in 12 min (14:05 UTC)", relative to now.
+pub fn from_now(at_ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let secs_of_day = (at_ms / 1000).rem_euclid(86_400);
+    let days = (at_ms - now) / 86_400_000;
+    let clock = format!(
+        "{:02}:{:02} UTC",
+        secs_of_day / 3600,
+        secs_of_day % 3600 / 60
+    );
+    let clock = if days >= 1 {
+        format!("{clock}, +{days} d")
+    } else {
+        clock
+    };
+    format!(
+        "in {} ({clock})",
+        human_seconds((at_ms - now) as f64 / 1000.0)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

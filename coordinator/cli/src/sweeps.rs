@@ -400,9 +400,32 @@ pub async fn sweep(client: &mut Client, reference: String, json: bool) -> anyhow
                 v
             })
             .collect();
+        let forecast = r.forecast.as_ref().map(|f| {
+            let jobs: Vec<Value> = f
+                .jobs
+                .iter()
+                .map(|j| {
+                    serde_json::json!({
+                        "job_id": j.job_id,
+                        "config_index": j.config_index,
+                        "fold": j.fold,
+                        "state": j.state,
+                        "expected_seconds": (j.expected_seconds > 0.0).then_some(j.expected_seconds),
+                        "expected_start_ms": (j.expected_start_ms > 0).then_some(j.expected_start_ms),
+                        "expected_end_ms": (j.expected_end_ms > 0).then_some(j.expected_end_ms),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "expected_end_ms": (f.expected_end_ms > 0).then_some(f.expected_end_ms),
+                "note": f.note,
+                "jobs": jobs,
+            })
+        });
         return print_json(&serde_json::json!({
             "sweep": SweepJson::from(&s),
             "configurations": configs,
+            "forecast": forecast,
         }));
     }
     let c = s.counts.unwrap_or_default();
@@ -437,6 +460,9 @@ pub async fn sweep(client: &mut Client, reference: String, json: bool) -> anyhow
     }
     if !s.waiting_reason.is_empty() {
         outln!("  waiting: {}", s.waiting_reason);
+    }
+    if let Some(f) = r.forecast.as_ref().filter(|f| !f.jobs.is_empty()) {
+        print_forecast(f);
     }
     if !s.early_stopping.is_empty() {
         let stopped = r
@@ -495,6 +521,47 @@ pub async fn sweep(client: &mut Client, reference: String, json: bool) -> anyhow
     }
     out!("{}", t.render());
     Ok(())
+}
+
+/// The expected end and each open job's expected duration and start.
+fn print_forecast(f: &pb::SweepForecast) {
+    if f.expected_end_ms > 0 {
+        outln!("  expected end: {}", from_now(f.expected_end_ms));
+    }
+    if !f.note.is_empty() {
+        outln!("  forecast: {}", f.note);
+    }
+    let mut t = Table::new(vec![
+        "JOB", "CONFIG", "FOLD", "STATE", "EXPECTED", "STARTS", "ENDS",
+    ]);
+    let shown = 20;
+    for j in f.jobs.iter().take(shown) {
+        let when = |ms: i64| if ms > 0 { from_now(ms) } else { "-".into() };
+        t.row(vec![
+            j.job_id.to_string(),
+            j.config_index.to_string(),
+            j.fold.to_string(),
+            j.state.clone(),
+            if j.expected_seconds > 0.0 {
+                human_seconds(j.expected_seconds)
+            } else {
+                "not timed yet".into()
+            },
+            if j.state == "queued" {
+                when(j.expected_start_ms)
+            } else {
+                "started".into()
+            },
+            when(j.expected_end_ms),
+        ]);
+    }
+    out!("{}", t.render());
+    if f.jobs.len() > shown {
+        outln!(
+            "  ... and {} more open jobs (--json lists all)",
+            f.jobs.len() - shown
+        );
+    }
 }
 
 pub async fn cancel(client: &mut Client, reference: String, json: bool) -> anyhow::Result<()> {

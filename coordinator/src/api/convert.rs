@@ -532,3 +532,43 @@ pub fn export_header(e: &Exported) -> pb::ExportHeader {
         imported: e.sweep.kind == "imported",
     }
 }
+
+pub fn sweep_forecast(f: &crate::planning::SweepForecast) -> pb::SweepForecast {
+    pb::SweepForecast {
+        expected_end_ms: f.expected_end_ms.unwrap_or(0),
+        jobs: f
+            .jobs
+            .iter()
+            .map(|j| pb::JobForecast {
+                job_id: j.job.0,
+                config_index: j.config_index,
+                fold: j.fold,
+                state: j.state.as_str().to_string(),
+                expected_seconds: j.expected_seconds.unwrap_or(0.0),
+                expected_start_ms: j.start_ms.unwrap_or(0),
+                expected_end_ms: j.end_ms.unwrap_or(0),
+            })
+            .collect(),
+        note: f.note.clone(),
+    }
+}
+
+pub fn explanation(e: &crate::planning::JobExplanation) -> pb::ExplainJobResponse {
+    pb::ExplainJobResponse {
+        job_id: e.job.0,
+        state: job_state(e.state) as i32,
+        summary: e.summary.clone(),
+        devices: e
+            .devices
+            .iter()
+            .map(|(agent, device, reasons)| pb::DeviceVerdict {
+                agent: agent.clone(),
+                device: device.clone(),
+                reasons: reasons.clone(),
+            })
+            .collect(),
+        remedies: e.remedies.clone(),
+        expected_seconds: e.expected_seconds.unwrap_or(0.0),
+        expected_start_ms: e.expected_start_ms.unwrap_or(0),
+    }
+}

@@ -118,10 +118,22 @@ impl Coordinator for CoordinatorService {
         let reference = required(&request.into_inner().sweep, "sweep")?;
         let reference = self.resolve(reference, &who).await?;
         let (sweep, configs) = self.handle.sweep_with_configurations(reference).await?;
+        let forecast = self.handle.sweep_forecast(sweep.id).await?;
         Ok(Response::new(pb::GetSweepResponse {
             sweep: Some(convert::sweep(&sweep)),
             configurations: configs.iter().map(convert::configuration).collect(),
+            forecast: Some(convert::sweep_forecast(&forecast)),
         }))
+    }
+
+    async fn explain_job(
+        &self,
+        request: Request<pb::ExplainJobRequest>,
+    ) -> Result<Response<pb::ExplainJobResponse>, Status> {
+        self.auth.user(&request, Access::Read)?;
+        let job = sweepfold_common::JobId(request.into_inner().job_id);
+        let e = self.handle.explain_job(job).await?;
+        Ok(Response::new(convert::explanation(&e)))
     }
 
     async fn list_jobs(

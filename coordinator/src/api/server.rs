@@ -60,6 +60,7 @@ pub async fn serve(
     crate::results::start(&handle);
     crate::search::start(&handle);
     crate::early_stopping::start(&handle);
+    handle.start_slurm_executor();
 
     let token = handle.shutdown_token();
     let shutdown = async move {

@@ -54,7 +54,10 @@ fn a_waiting_job_is_explained_and_a_sweep_forecast_from_learned_run_times() {
     );
 
     // One slot, four folds of one configuration: one runs, three wait.
-    coord.cli_ok(&["submit", &sweep(dir.path(), "folds", "mnist-sketch", 4, "1")]);
+    coord.cli_ok(&[
+        "submit",
+        &sweep(dir.path(), "folds", "mnist-sketch", 4, "1"),
+    ]);
     wait_for("a job to run", Duration::from_secs(30), || {
         coord.running_on("folds", "laptop", 1).then_some(())
     });
@@ -99,13 +102,19 @@ fn a_waiting_job_is_explained_and_a_sweep_forecast_from_learned_run_times() {
     assert!(f["expected_end_ms"].as_i64().unwrap() > 0, "{s}");
     for j in &open {
         let secs = j["expected_seconds"].as_f64().unwrap();
-        assert!((1.0..60.0).contains(&secs), "learned from the first fold: {j}");
+        assert!(
+            (1.0..60.0).contains(&secs),
+            "learned from the first fold: {j}"
+        );
     }
     let text = coord.cli_ok(&["sweep", "folds"]);
     assert!(text.contains("expected end: in"), "{text}");
 
     // A sweep of a dataset no agent holds: the explanation says so.
-    coord.cli_ok(&["submit", &sweep(dir.path(), "elsewhere", "cifar-sketch", 2, "0")]);
+    coord.cli_ok(&[
+        "submit",
+        &sweep(dir.path(), "elsewhere", "cifar-sketch", 2, "0"),
+    ]);
     let id = queued(&coord, "elsewhere")[0]["id"].to_string();
     let e = coord.cli_json(&["explain", &id]);
     assert!(
@@ -115,12 +124,17 @@ fn a_waiting_job_is_explained_and_a_sweep_forecast_from_learned_run_times() {
         "{e}"
     );
     assert!(
-        e["remedies"].to_string().contains("--dataset cifar-sketch=PATH"),
+        e["remedies"]
+            .to_string()
+            .contains("--dataset cifar-sketch=PATH"),
         "{e}"
     );
     coord.wait_finished("folds", 60);
     let e = coord.cli_json(&["explain", &coord.jobs("folds")[0]["id"].to_string()]);
-    assert!(e["summary"].as_str().unwrap().contains("has succeeded"), "{e}");
+    assert!(
+        e["summary"].as_str().unwrap().contains("has succeeded"),
+        "{e}"
+    );
     // An unknown job is a clear error.
     let out = coord.cli(&["explain", "999999"]);
     assert!(!out.status.success());

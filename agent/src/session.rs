@@ -274,11 +274,20 @@ impl Agent {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut resend = tokio::time::interval(RESEND_AFTER);
         resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Assignments read in this session: each heartbeat says how many, so
+        // the coordinator can tell a job this agent lost from one still on
+        // its way here.
+        let mut assignments_received = 0u64;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = heartbeat.tick() => {
-                    let hb = pb::Heartbeat { gpus: self.readings(), running: self.jobs.running_jobs(), disk: self.disk() };
+                    let hb = pb::Heartbeat {
+                        gpus: self.readings(),
+                        running: self.jobs.running_jobs(),
+                        disk: self.disk(),
+                        assignments_received: Some(assignments_received),
+                    };
                     tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(hb)) })
                         .await
                         .map_err(|_| Error::Rpc("the session stream closed".into()))?;
@@ -301,7 +310,12 @@ impl Agent {
                 msg = inbound.message() => {
                     match msg.map_err(|s| rpc_err("session", s))? {
                         None => return Ok(()),
-                        Some(m) => self.handle(m),
+                        Some(m) => {
+                            if matches!(m.msg, Some(pb::coordinator_message::Msg::Assign(_))) {
+                                assignments_received += 1;
+                            }
+                            self.handle(m);
+                        }
                     }
                 }
             }

@@ -37,3 +37,11 @@ CREATE TABLE pilots (
     reason          TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX pilots_by_state ON pilots (state);
+
+-- "Is any job of this sweep still open?" on every job's end, without
+-- scanning every open job of every sweep.
+CREATE INDEX jobs_by_sweep_state ON jobs (sweep_id, state);
+
+-- "Which jobs does this agent run?" on every heartbeat, without reading
+-- every open job of every agent.
+CREATE INDEX jobs_by_agent_state ON jobs (agent, state);

@@ -85,6 +85,9 @@ pub struct Heartbeat {
     pub gpus: Vec<GpuReading>,
     pub running: Vec<RunningJob>,
     pub disk: Option<DiskSpace>,
+    /// Assignments the agent had read in this session when it wrote this
+    /// heartbeat (`None` from an agent that does not count them).
+    pub assignments_received: Option<u64>,
 }
 
 /// A message of an open session.

@@ -432,6 +432,48 @@ mod tests {
     }
 
     #[test]
+    fn slurm_times_are_read_as_slurm_reads_them() {
+        assert_eq!(parse_slurm_time("90"), Some(90 * 60));
+        assert_eq!(parse_slurm_time("10:30"), Some(10 * 60 + 30));
+        assert_eq!(parse_slurm_time("04:00:00"), Some(4 * 3600));
+        assert_eq!(parse_slurm_time("1-12"), Some(36 * 3600));
+        assert_eq!(parse_slurm_time("2-01:30:00"), Some(2 * 86_400 + 5_400));
+        assert_eq!(parse_slurm_time("0"), None);
+        assert_eq!(parse_slurm_time("soon"), None);
+    }
+
+    #[test]
+    fn an_incomplete_slurm_section_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("coordinator.toml");
+        let load = |body: &str| {
+            std::fs::write(&file, body).unwrap();
+            CoordinatorConfig::load(Some(&file), env(&[]), &Flags::default())
+        };
+        let e = load("[executors.slurm]\npartition = \"gpu\"\n").unwrap_err();
+        assert!(e.to_string().contains("agent_command is empty"), "{e}");
+        let e = load("[executors.slurm]\nagent_command = [\"agent\", \"run\"]\n").unwrap_err();
+        assert!(e.to_string().contains("no dataset"), "{e}");
+        let ok = "agent_command = [\"agent\", \"run\", \"--dataset\", \"sketch=/d\", \"--dataset=digits=/e\"]\n";
+        let e = load(&format!("[executors.slurm]\ntime_limit = \"later\"\n{ok}")).unwrap_err();
+        assert!(e.to_string().contains("executors.slurm.time_limit"), "{e}");
+        let e = load(&format!(
+            "[executors.slurm]\npartition = \"gpu --uid=0\"\n{ok}"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("not a Slurm name"), "{e}");
+        let e = load(&format!("[executors.slurm]\nnodes = 3\n{ok}")).unwrap_err();
+        assert!(
+            e.to_string().contains("nodes"),
+            "unknown keys are named: {e}"
+        );
+        let cfg = load(&format!("[executors.slurm]\n{ok}")).unwrap();
+        let slurm = cfg.executors.slurm.unwrap();
+        assert_eq!(slurm.datasets(), vec!["sketch", "digits"]);
+        assert_eq!(slurm.time_limit_secs(), Ok(4 * 3600));
+    }
+
+    #[test]
     fn flags_beat_env_beat_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("coordinator.toml");

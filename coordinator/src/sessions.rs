@@ -13,7 +13,7 @@ use crate::agent_messages::{AgentView, DatasetInfo, FromAgent, Hello, RunningJob
 use crate::blobs::Verified;
 use crate::error::{Error, Result};
 use crate::job_updates::Effects;
-use crate::state::{AgentSession, AgentTx, CoordinatorHandle, Core, ToAgent, now_ms};
+use crate::state::{AgentSession, AgentTx, CoordinatorHandle, Core, SentJob, ToAgent, now_ms};
 use crate::store::{
     AgentRecord, DatasetRecord, EventRecord, JobRecord, Outcome, OutputRecord, PilotRecord,
     PilotState,
@@ -38,6 +38,51 @@ fn dataset_record(d: &DatasetInfo, agent: &str) -> DatasetRecord {
         num_classes: d.num_classes,
         first_agent: agent.to_string(),
         registered_at_ms: now_ms(),
+    }
+}
+
+/// What an agent's list of running jobs proves about a job it leaves out.
+#[derive(Debug, Clone, Copy)]
+enum Witness {
+    /// The first message of a session: the agent lists everything it runs,
+    /// so a job it leaves out is lost.
+    Hello,
+    /// A heartbeat, which may have been written before a newly sent job
+    /// reached the agent.
+    Heartbeat {
+        /// When the heartbeat arrived (it may then wait for the lock).
+        received: Instant,
+        /// Without a count, how long after sending a job a heartbeat must
+        /// list it.
+        grace: Duration,
+        /// Assignments the agent had read when it wrote the heartbeat.
+        assignments_received: Option<u64>,
+    },
+}
+
+impl Witness {
+    /// Whether a job this agent left out, sent to it as `sent` in this
+    /// session (`None`: not sent in this session), is lost. With the
+    /// agent's count of assignments read this is exact, however long the
+    /// heartbeat waited in line; without it, a job sent within `grace` of
+    /// the heartbeat's arrival is taken to be in flight.
+    fn proves_lost(self, sent: Option<&SentJob>) -> bool {
+        match (self, sent) {
+            (Witness::Hello, _) | (_, None) => true,
+            (
+                Witness::Heartbeat {
+                    assignments_received: Some(n),
+                    ..
+                },
+                Some(s),
+            ) => s.seq <= n,
+            (
+                Witness::Heartbeat {
+                    received, grace, ..
+                },
+                Some(s),
+            ) => received.saturating_duration_since(s.at) > grace,
+        }
     }
 }
 
@@ -69,14 +114,14 @@ impl Core {
     }
 
     /// Compares what an agent says it runs with what the store says it
-    /// should run. `hello` reconciliation also requeues jobs the agent lost.
+    /// should run, and requeues the jobs it no longer has (see `Witness`).
     fn reconcile(
         &mut self,
         agent: &str,
         running: &[RunningJob],
-        grace: Duration,
-        hello: bool,
+        witness: Witness,
     ) -> Result<Effects> {
+        let hello = matches!(witness, Witness::Hello);
         let mut fx = Effects::default();
         let now = now_ms();
         let reported: HashMap<JobId, Attempt> =
@@ -107,15 +152,10 @@ impl Core {
             .unwrap_or_default();
         let lost: Vec<JobRecord> = self
             .store
-            .active_jobs()?
+            .active_jobs_of(agent)?
             .into_iter()
-            .filter(|j| j.agent == agent && !reported.contains_key(&j.id))
-            .filter(|j| {
-                hello
-                    || live_assigned
-                        .get(&j.id)
-                        .is_none_or(|at| at.elapsed() > grace)
-            })
+            .filter(|j| !reported.contains_key(&j.id))
+            .filter(|j| witness.proves_lost(live_assigned.get(&j.id)))
             .collect();
         for j in lost {
             let reason = format!("agent {agent} no longer has the job");
@@ -136,12 +176,7 @@ impl Core {
     pub fn expire_lease(&mut self, agent: &str, silent_for: Duration) -> Result<Vec<EventRecord>> {
         let now = now_ms();
         let mut events = Vec::new();
-        let jobs: Vec<JobRecord> = self
-            .store
-            .active_jobs()?
-            .into_iter()
-            .filter(|j| j.agent == agent)
-            .collect();
+        let jobs: Vec<JobRecord> = self.store.active_jobs_of(agent)?;
         for j in jobs {
             let reason = format!(
                 "agent {agent} stopped responding (nothing heard for {:.1} s)",
@@ -168,6 +203,7 @@ impl Core {
             live.tx = None;
             live.lease_expired = true;
             live.assigned_at.clear();
+            live.assignments_sent = 0;
         }
         Ok(events)
     }
@@ -274,6 +310,7 @@ impl CoordinatorHandle {
                         lease_expired: false,
                         health,
                         assigned_at: HashMap::new(),
+                        assignments_sent: 0,
                         refused: BTreeSet::new(),
                         pilot: hello.pilot.clone(),
                     },
@@ -288,7 +325,7 @@ impl CoordinatorHandle {
                     events.extend(fx.events);
                     replies.extend(fx.replies);
                 }
-                let fx = core.reconcile(&name, &hello.running, Duration::ZERO, true)?;
+                let fx = core.reconcile(&name, &hello.running, Witness::Hello)?;
                 events.extend(fx.events);
                 let stale: Vec<(JobId, Attempt)> = fx
                     .replies
@@ -362,7 +399,15 @@ impl CoordinatorHandle {
                             (Some(_), None) => tracing::info!(agent, "agent's disk has room again"),
                             _ => {}
                         }
-                        let mut fx = core.reconcile(&agent, &hb.running, grace, false)?;
+                        let mut fx = core.reconcile(
+                            &agent,
+                            &hb.running,
+                            Witness::Heartbeat {
+                                received,
+                                grace,
+                                assignments_received: hb.assignments_received,
+                            },
+                        )?;
                         fx.reschedule = true;
                         fx
                     }
@@ -610,5 +655,57 @@ impl CoordinatorHandle {
             .await?;
         self.poke();
         Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(received: Instant, counted: Option<u64>) -> Witness {
+        Witness::Heartbeat {
+            received,
+            grace: Duration::from_secs(4),
+            assignments_received: counted,
+        }
+    }
+
+    #[test]
+    fn a_counted_heartbeat_loses_only_jobs_the_agent_had_read() {
+        let sent_at = Instant::now();
+        let third = SentJob {
+            at: sent_at,
+            seq: 3,
+        };
+        // Written after the agent read 2 assignments: the 3rd is in flight,
+        // even if the heartbeat waited in line for a minute.
+        let late = sent_at + Duration::from_secs(60);
+        assert!(!heartbeat(late, Some(2)).proves_lost(Some(&third)));
+        // An agent that has read no assignment yet counts 0, not "unknown":
+        // its first job is in flight, not lost (the scale run's first wave).
+        let first = SentJob {
+            at: sent_at,
+            seq: 1,
+        };
+        assert!(!heartbeat(late, Some(0)).proves_lost(Some(&first)));
+        // Written after the 3rd was read and not listed: lost, at once.
+        assert!(heartbeat(sent_at, Some(3)).proves_lost(Some(&third)));
+        assert!(heartbeat(sent_at, Some(9)).proves_lost(Some(&third)));
+    }
+
+    #[test]
+    fn without_a_count_the_grace_decides_and_hello_is_always_proof() {
+        let sent_at = Instant::now();
+        let job = SentJob {
+            at: sent_at,
+            seq: 1,
+        };
+        let soon = sent_at + Duration::from_secs(1);
+        let late = sent_at + Duration::from_secs(5);
+        assert!(!heartbeat(soon, None).proves_lost(Some(&job)));
+        assert!(heartbeat(late, None).proves_lost(Some(&job)));
+        // Not sent in this session: whatever the agent counted, it is gone.
+        assert!(heartbeat(soon, Some(0)).proves_lost(None));
+        assert!(Witness::Hello.proves_lost(Some(&job)));
     }
 }

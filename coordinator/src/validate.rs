@@ -234,6 +234,7 @@ mod tests {
             gpus: vec![gpu(u64::MAX, u64::MAX, 3)],
             running: Vec::new(),
             disk: None,
+            assignments_received: None,
         };
         heartbeat(&mut hb);
         assert_eq!(hb.gpus[0].total_memory_bytes, MAX_DEVICE_MEMORY);

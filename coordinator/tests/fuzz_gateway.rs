@@ -918,6 +918,8 @@ async fn run_case(spec: HelloSpec, actions: Vec<Action>) {
                         })
                         .collect(),
                     disk: None,
+                    // As an agent that does not count (the time-grace path).
+                    assignments_received: None,
                 }))
             }
             Action::Update(t, u) => Some(pb::agent_message::Msg::JobUpdate(job_update(

@@ -350,6 +350,7 @@ pub fn from_agent(m: pb::AgentMessage) -> am::FromAgent {
             gpus: hb.gpus.into_iter().map(gpu_reading).collect(),
             running: hb.running.into_iter().map(running).collect(),
             disk: hb.disk.map(disk_space),
+            assignments_received: hb.assignments_received,
         }),
         Some(Msg::JobUpdate(u)) => am::FromAgent::JobUpdate(job_update(u)),
         Some(Msg::Hello(_)) => am::FromAgent::Hello,

@@ -18,7 +18,7 @@ use sweepfold_common::{Bytes, JobId};
 use self::plan::{Device, DeviceKind, NOMINAL_USAGE, PendingJob, Snapshot, plan};
 use crate::config::CoordinatorConfig;
 use crate::error::Result;
-use crate::state::{Assignment, CoordinatorHandle, Core, ToAgent, now_ms};
+use crate::state::{Assignment, CoordinatorHandle, Core, SentJob, ToAgent, now_ms};
 use crate::store::{EventRecord, NewAssignment, Outcome};
 
 /// A GPU counts as idle when at least this share of its memory is free
@@ -40,6 +40,13 @@ impl Core {
 
     /// The cluster and queue as the pure planner sees them.
     pub fn snapshot(&self, cfg: &CoordinatorConfig) -> Result<Snapshot> {
+        self.snapshot_inner(cfg, false)
+    }
+
+    /// With `only_if_room`, the queue is not read (the snapshot has no
+    /// pending jobs) when no device has room for any job: a full cluster
+    /// costs a pass no read of 100,000 queued jobs.
+    fn snapshot_inner(&self, cfg: &CoordinatorConfig, only_if_room: bool) -> Result<Snapshot> {
         let active = self.store.active_jobs()?;
         let owners: HashMap<JobId, String> =
             self.store.owners_of_active_jobs()?.into_iter().collect();
@@ -131,6 +138,20 @@ impl Core {
             let e = owner_usage.entry(owner.clone()).or_default();
             *e = e.saturating_add(use_);
         }
+        if only_if_room
+            && !devices
+                .iter()
+                .any(|d| plan::has_room(d, cfg.scheduler.safety_margin))
+        {
+            return Ok(Snapshot {
+                devices,
+                pending: Vec::new(),
+                owner_usage,
+                policy: cfg.scheduler.policy,
+                safety_margin: cfg.scheduler.safety_margin,
+                running_kinds: Default::default(),
+            });
+        }
         // Agents (healthy, connected) holding each dataset: a job avoids the
         // agent it failed to start on only while another one could take it.
         let mut holders: HashMap<&str, std::collections::BTreeSet<&str>> = HashMap::new();
@@ -195,7 +216,7 @@ impl Core {
         if self.refresh_disk(cfg).is_some() {
             return Ok(Vec::new());
         }
-        let snapshot = self.snapshot(cfg)?;
+        let snapshot = self.snapshot_inner(cfg, true)?;
         if snapshot.pending.is_empty() || snapshot.devices.is_empty() {
             return Ok(Vec::new());
         }
@@ -251,7 +272,12 @@ impl Core {
                 .get_mut(&device.agent)
                 .expect("device of a live agent");
             if live.send(msg) {
-                live.assigned_at.insert(job.id, Instant::now());
+                live.assignments_sent += 1;
+                let sent = SentJob {
+                    at: Instant::now(),
+                    seq: live.assignments_sent,
+                };
+                live.assigned_at.insert(job.id, sent);
                 tracing::info!(
                     job = job.id.0,
                     attempt = job.attempt.0,

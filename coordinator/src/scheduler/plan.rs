@@ -291,6 +291,15 @@ fn order_queue(q: &mut [&PendingJob], running_kinds: &BTreeSet<String>) {
     });
 }
 
+/// Whether any job at all could go to `d` now (a cheap test before the
+/// queue is read).
+pub fn has_room(d: &Device, margin: Bytes) -> bool {
+    d.healthy
+        && !d.exclusive
+        && d.jobs < d.max_jobs
+        && (!d.is_gpu() || d.free.get() > margin.get() || (d.idle && d.jobs == 0))
+}
+
 /// Backfill with a reservation. When the first job of an owner's queue
 /// (the longest expected work of its highest priority) has a known run time
 /// and memory but fits no GPU now, smaller jobs would otherwise keep taking

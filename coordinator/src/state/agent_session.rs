@@ -124,14 +124,24 @@ pub struct AgentSession {
     /// The failure breaker; survives reconnections (a restart does not
     /// cure a broken CUDA install).
     pub health: Health,
-    /// When each job was sent to this agent (heartbeats may lag behind).
-    pub assigned_at: HashMap<JobId, Instant>,
+    /// Each job sent to this agent in this session and not yet ended, with
+    /// when and as which assignment (heartbeats may lag behind).
+    pub assigned_at: HashMap<JobId, SentJob>,
+    /// Assignments sent in this session (the last one's `SentJob::seq`).
+    pub assignments_sent: u64,
     /// Jobs this agent refused in this session (their spec needs a newer
     /// agent): the scheduler does not offer them to it again until it
     /// reconnects, perhaps upgraded.
     pub refused: BTreeSet<JobId>,
     /// Set for an agent inside a Slurm allocation (`agent run --pilot`).
     pub pilot: Option<Pilot>,
+}
+
+/// A job sent to an agent: when, and as the session's how-manyth assignment.
+#[derive(Debug, Clone, Copy)]
+pub struct SentJob {
+    pub at: Instant,
+    pub seq: u64,
 }
 
 /// An agent's failure breaker: after a few jobs in a row fail at start, the
@@ -171,6 +181,7 @@ impl AgentSession {
             lease_expired: false,
             health: Health::default(),
             assigned_at: HashMap::new(),
+            assignments_sent: 0,
             refused: BTreeSet::new(),
             pilot: None,
         }

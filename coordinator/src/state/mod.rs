@@ -11,7 +11,7 @@
 
 mod agent_session;
 
-pub use agent_session::{AgentSession, AgentTx, Assignment, Health, ToAgent};
+pub use agent_session::{AgentSession, AgentTx, Assignment, Health, SentJob, ToAgent};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -96,6 +96,8 @@ impl LogLines {
 pub struct Coordinator {
     child: Option<Child>,
     pub addr: String,
+    /// The HTTP server's address (`/metrics`), if it has one.
+    pub http_addr: Option<String>,
     pub data_dir: PathBuf,
     pub log: LogLines,
 }
@@ -131,7 +133,9 @@ impl Coordinator {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             // As for agents: the disk tests set their own reserve.
-            .env("SWEEPFOLD_COORDINATOR_MIN_FREE_BYTES", "1MiB");
+            .env("SWEEPFOLD_COORDINATOR_MIN_FREE_BYTES", "1MiB")
+            // Tests run side by side: the HTTP server on a free port too.
+            .env("SWEEPFOLD_COORDINATOR_HTTP", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -147,9 +151,17 @@ impl Coordinator {
             let rest = &line[start..];
             Some(rest.split_whitespace().next()?.to_string())
         });
+        let http_addr = log
+            .find("coordinator listening")
+            .and_then(|line| {
+                let start = line.find(" http=")? + 6;
+                Some(line[start..].split_whitespace().next()?.to_string())
+            })
+            .filter(|a| a != "none");
         Coordinator {
             child: Some(child),
             addr,
+            http_addr,
             data_dir: data_dir.to_path_buf(),
             log,
         }

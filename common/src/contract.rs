@@ -96,6 +96,15 @@ impl JobSpec {
         }
     }
 
+    /// Whether jobs of other configurations share duration key `key` (trainer
+    /// kinds), so that timing one of them early (a probe) helps place many.
+    /// A command job's key is its own configuration's: probing it would only
+    /// reorder the sweep fold by fold, while early stopping wants a
+    /// configuration's folds side by side.
+    pub fn duration_key_is_shared(key: &str) -> bool {
+        !key.starts_with("command/")
+    }
+
     /// Epochs the job will run, when the spec says (trainer jobs); a running
     /// job's epoch reports then tell how far along it is.
     pub fn planned_epochs(&self) -> Option<u32> {

@@ -260,6 +260,7 @@ fn start_coordinator(data: &std::path::Path, port: u16, log: &std::path::Path) -
         .env("SWEEPFOLD_COORDINATOR_HEARTBEAT_INTERVAL_MS", "1000")
         .env("SWEEPFOLD_COORDINATOR_LEASE_MS", "15000")
         .env("SWEEPFOLD_COORDINATOR_MIN_FREE_BYTES", "1MiB")
+        .env("SWEEPFOLD_COORDINATOR_HTTP", "")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())

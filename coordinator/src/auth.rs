@@ -146,7 +146,13 @@ impl Auth {
         req: &Request<T>,
         access: Access,
     ) -> std::result::Result<Identity, Status> {
-        match bearer(req) {
+        Ok(self.user_token(bearer(req), access)?)
+    }
+
+    /// The caller holding `token` (from any transport), or why it may not
+    /// proceed.
+    pub fn user_token(&self, token: Option<String>, access: Access) -> Result<Identity> {
+        match token {
             Some(token) => match self.lookup(&token)? {
                 Some(t) if t.kind == TokenKind::User => Ok(Identity {
                     name: t.name,
@@ -155,9 +161,8 @@ impl Auth {
                 Some(t) => Err(Error::PermissionDenied(format!(
                     "`{}` is an agent token; it only works for the agent gateway",
                     t.name
-                ))
-                .into()),
-                None => Err(Error::Unauthenticated("unknown or revoked token".into()).into()),
+                ))),
+                None => Err(Error::Unauthenticated("unknown or revoked token".into())),
             },
             None if !self.require_tokens => Ok(Identity::anonymous_admin()),
             None if access == Access::Read && !self.read_requires_token => Ok(Identity {
@@ -166,8 +171,7 @@ impl Auth {
             }),
             None => Err(Error::Unauthenticated(
                 "this coordinator requires a token: pass --token or set SWEEPFOLD_TOKEN (grpcurl: -H \"authorization: Bearer TOKEN\")".into(),
-            )
-            .into()),
+            )),
         }
     }
 

@@ -19,6 +19,9 @@ pub const ENV_PREFIX: &str = "SWEEPFOLD_COORDINATOR";
 pub struct CoordinatorConfig {
     /// Address of the gRPC server.
     pub listen: String,
+    /// Address of the HTTP server (`/metrics` for Prometheus); empty: none.
+    /// The same exposure rules as `listen` apply.
+    pub http: String,
     /// Directory of the store and the uploaded outputs.
     pub data_dir: PathBuf,
     /// Largest number of jobs (configurations x folds) one sweep may have.
@@ -280,6 +283,7 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         CoordinatorConfig {
             listen: "127.0.0.1:7070".into(),
+            http: "127.0.0.1:7071".into(),
             data_dir: PathBuf::from("sweepfold-data"),
             max_jobs_per_sweep: sweepfold_common::sweep::DEFAULT_MAX_JOBS,
             heartbeat_interval_ms: 2_000,
@@ -301,6 +305,7 @@ impl Default for CoordinatorConfig {
 #[derive(Debug, Default, Clone)]
 pub struct Flags {
     pub listen: Option<String>,
+    pub http: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub insecure: bool,
 }
@@ -310,6 +315,9 @@ impl CoordinatorConfig {
         let mut overrides = Vec::new();
         if let Some(l) = &flags.listen {
             overrides.push(("listen", l.clone()));
+        }
+        if let Some(h) = &flags.http {
+            overrides.push(("http", h.clone()));
         }
         if let Some(d) = &flags.data_dir {
             overrides.push(("data_dir", d.display().to_string()));
@@ -329,6 +337,7 @@ impl CoordinatorConfig {
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), String> {
         self.listen_addr()?;
+        self.http_addr()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err("data_dir must not be empty".into());
         }
@@ -388,7 +397,16 @@ impl CoordinatorConfig {
     /// TLS and tokens, unless `insecure` says the risk is accepted.
     /// Returns a warning to log when it is.
     pub fn check_exposure(&self) -> Result<Option<String>, String> {
-        let addr = self.listen_addr()?;
+        let mut warnings = Vec::new();
+        for addr in std::iter::once(self.listen_addr()?).chain(self.http_addr()?) {
+            if let Some(w) = self.check_exposure_of(addr)? {
+                warnings.push(w);
+            }
+        }
+        Ok((!warnings.is_empty()).then(|| warnings.join("; ")))
+    }
+
+    fn check_exposure_of(&self, addr: SocketAddr) -> Result<Option<String>, String> {
         if addr.ip().is_loopback() || (self.tls.enabled() && self.auth.require_tokens) {
             return Ok(None);
         }
@@ -406,6 +424,19 @@ impl CoordinatorConfig {
                 "refusing to listen on {addr} without {missing}: configure [tls] (coordinator certs init) and [auth] require_tokens = true (coordinator token create), or pass --insecure to accept the risk"
             ))
         }
+    }
+
+    /// The HTTP server's address; `None` when `http` is empty (no server).
+    pub fn http_addr(&self) -> Result<Option<SocketAddr>, String> {
+        if self.http.is_empty() {
+            return Ok(None);
+        }
+        self.http.parse().map(Some).map_err(|_| {
+            format!(
+                "http: `{}` is not an address like 127.0.0.1:7071 (or empty for no HTTP server)",
+                self.http
+            )
+        })
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
@@ -491,6 +522,7 @@ mod tests {
             env(&[("SWEEPFOLD_COORDINATOR_LISTEN", "127.0.0.1:2")]),
             &Flags {
                 listen: Some("127.0.0.1:3".into()),
+                http: None,
                 data_dir: Some("/tmp/x".into()),
                 insecure: false,
             },
@@ -586,11 +618,48 @@ mod tests {
             env(&[]),
             &Flags {
                 listen: Some("localhost".into()),
+                http: None,
                 data_dir: None,
                 insecure: false,
             },
         )
         .unwrap_err();
         assert!(e.to_string().contains("listen: `localhost`"), "{e}");
+    }
+
+    #[test]
+    fn the_http_port_follows_the_same_exposure_rules_as_grpc() {
+        let load = |http: &str| {
+            CoordinatorConfig::load(
+                None,
+                env(&[]),
+                &Flags {
+                    http: Some(http.into()),
+                    ..Flags::default()
+                },
+            )
+        };
+        assert_eq!(
+            load("").unwrap().http_addr().unwrap(),
+            None,
+            "empty: no HTTP server"
+        );
+        let e = load("web").unwrap_err();
+        assert!(
+            e.to_string().contains("http: `web` is not an address"),
+            "{e}"
+        );
+        let cfg = load("0.0.0.0:7071").unwrap();
+        let e = cfg.check_exposure().unwrap_err();
+        assert!(
+            e.contains("refusing to listen on 0.0.0.0:7071 without TLS and tokens"),
+            "{e}"
+        );
+        let insecure = CoordinatorConfig {
+            insecure: true,
+            ..cfg
+        };
+        let w = insecure.check_exposure().unwrap().unwrap();
+        assert!(w.contains("0.0.0.0:7071"), "{w}");
     }
 }

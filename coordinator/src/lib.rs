@@ -6,12 +6,13 @@
 //!   send, as domain types), `error`, `config`, `store`,
 //!   `blobs`, `ensemble` (the arithmetic), `oof` (out-of-fold assembly),
 //!   `report` (rendering), `validate`, `scheduler::plan` (the pure planner),
-//!   `auth`, `certs`;
+//!   `auth`, `certs`, `metrics` (Prometheus counters and the text exposition);
 //! - `state`: the core behind its lock and the cloneable handle;
 //! - features, each adding operations to the handle: `sweeps`, `sessions`,
 //!   `job_updates`, `scheduler` (the loop), `results`, `imports`, `search`
 //!   (proposals of model-based sweeps while they run), `early_stopping`
-//!   (ASHA rungs over K folds, and finish-now requests);
+//!   (ASHA rungs over K folds, and finish-now requests), `telemetry` (the
+//!   Prometheus scrape);
 //! - `api`: the gRPC services and the conversions between domain records
 //!   and protocol messages; the only layer that names protocol types.
 //!
@@ -29,6 +30,7 @@ pub mod ensemble;
 pub mod error;
 pub mod imports;
 pub mod job_updates;
+pub mod metrics;
 pub mod oof;
 pub mod planning;
 pub mod predictions;
@@ -42,6 +44,7 @@ pub mod stacking;
 pub mod state;
 pub mod store;
 pub mod sweeps;
+pub mod telemetry;
 pub mod validate;
 
 pub use api::server;

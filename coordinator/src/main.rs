@@ -43,6 +43,9 @@ enum Command {
         /// Address to listen on, e.g. 0.0.0.0:7070.
         #[arg(long)]
         listen: Option<String>,
+        /// Address of the HTTP server (/metrics), e.g. 127.0.0.1:7071; "" for none.
+        #[arg(long)]
+        http: Option<String>,
         /// Directory of the store and uploaded outputs.
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -138,6 +141,7 @@ async fn shutdown_signal() {
 async fn serve(config: Option<PathBuf>, flags: Flags) -> anyhow::Result<()> {
     let cfg = CoordinatorConfig::load(config.as_deref(), EnvSource::Process, &flags)?;
     let addr = cfg.listen_addr().map_err(anyhow::Error::msg)?;
+    let http_addr = cfg.http_addr().map_err(anyhow::Error::msg)?;
     if let Some(warning) = cfg.check_exposure().map_err(anyhow::Error::msg)? {
         tracing::warn!("{warning}");
     }
@@ -154,8 +158,21 @@ async fn serve(config: Option<PathBuf>, flags: Flags) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
+    let http = match http_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (http, for /metrics; set --http or `http` in the config, \"\" for none)"))?,
+        ),
+        None => None,
+    };
+    let http_local = match &http {
+        Some(l) => l.local_addr()?.to_string(),
+        None => "none".into(),
+    };
     tracing::info!(
         addr = %local,
+        http = %http_local,
         data_dir = %data_dir.display(),
         tls,
         tokens,
@@ -164,7 +181,7 @@ async fn serve(config: Option<PathBuf>, flags: Flags) -> anyhow::Result<()> {
     );
     // Under systemd (Type=notify): ready once the port is bound.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    server::serve(handle, listener, shutdown_signal()).await?;
+    server::serve(handle, listener, http, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -231,6 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             config,
             listen,
+            http,
             data_dir,
             insecure,
         } => {
@@ -238,6 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config,
                 Flags {
                     listen,
+                    http,
                     data_dir,
                     insecure,
                 },

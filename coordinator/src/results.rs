@@ -172,6 +172,7 @@ impl CoordinatorHandle {
                 created_at_ms: now_ms(),
             };
             core.store.insert_ensemble(&record)?;
+            core.metrics.ensemble_built();
             Ok((record, made))
         })
         .await

@@ -484,7 +484,9 @@ impl CoordinatorHandle {
                     size_bytes: h.size_bytes,
                 },
                 now_ms(),
-            )
+            )?;
+            core.metrics.uploaded(h.size_bytes);
+            Ok(())
         })
         .await
     }

@@ -31,7 +31,12 @@ async fn coordinator(dir: &std::path::Path) -> Channel {
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve(handle, listener, std::future::pending()));
+    tokio::spawn(server::serve(
+        handle,
+        listener,
+        None,
+        std::future::pending(),
+    ));
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()

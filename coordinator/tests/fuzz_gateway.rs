@@ -197,7 +197,7 @@ fn rig() -> &'static Rig {
             let addr = listener.local_addr().unwrap();
             let h = handle.clone();
             tokio::spawn(async move {
-                server::serve(h, listener, std::future::pending())
+                server::serve(h, listener, None, std::future::pending())
                     .await
                     .unwrap();
             });

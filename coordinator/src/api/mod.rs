@@ -1,8 +1,8 @@
 //! The API layer: the `Coordinator` service for users (`grpc`), the
 //! `AgentGateway` service for agents (`gateway`), the server that hosts
 //! both (`server`), the first check of a user's call on its headers alone
-//! (`gate`), and the conversions between domain records and protocol
-//! messages (`convert`).
+//! (`gate`), the conversions between domain records and protocol messages
+//! (`convert`), and the HTTP server beside them (`http`: `/metrics`).
 //!
 //! Architecture invariant: every RPC checks its caller (`auth`) before it
 //! reaches the handle.
@@ -11,4 +11,5 @@ pub mod convert;
 pub mod gate;
 pub mod gateway;
 pub mod grpc;
+pub mod http;
 pub mod server;

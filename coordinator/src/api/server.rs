@@ -20,10 +20,12 @@ use crate::state::CoordinatorHandle;
 /// Largest message the server accepts or sends (sweep files, job lists).
 pub use sweepfold_proto::MAX_MESSAGE_BYTES;
 
-/// Serves on an already bound listener until `shutdown` resolves.
+/// Serves gRPC on an already bound listener (and HTTP on `http`, if
+/// given) until `shutdown` resolves.
 pub async fn serve(
     handle: CoordinatorHandle,
     listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -52,6 +54,14 @@ pub async fn serve(
     let coordinator = CoordinatorServer::new(CoordinatorService::new(handle.clone(), auth.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    if let Some(http) = http {
+        let (handle, auth) = (handle.clone(), auth.clone());
+        tokio::spawn(async move {
+            if let Err(e) = super::http::serve_http(handle, auth, http).await {
+                tracing::error!(error = %e, "the HTTP server stopped");
+            }
+        });
+    }
     let gate = super::gate::GateLayer::new(auth.clone());
     let gateway = AgentGatewayServer::new(GatewayService::new(handle.clone(), auth))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

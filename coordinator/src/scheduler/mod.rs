@@ -248,6 +248,9 @@ impl Core {
             let device = &snapshot.devices[a.device];
             let gpu_uuid = job.gpu_uuid.clone();
             let reserved = job.memory_estimate;
+            // The record's last change before this one put it in the queue.
+            self.metrics
+                .waited((ev.at_ms - job.updated_at_ms) as f64 / 1000.0);
             events.push(ev);
             let info = self.store.assignment_info(a.job)?;
             let msg = ToAgent::Assign(Box::new(Assignment {
@@ -372,6 +375,7 @@ impl CoordinatorHandle {
                 }
                 let mut events = Vec::new();
                 for (agent, silent) in core.expired_agents(lease) {
+                    core.metrics.lease_expired();
                     events.extend(core.expire_lease(&agent, silent)?);
                 }
                 Ok(events)

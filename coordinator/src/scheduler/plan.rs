@@ -30,6 +30,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
+use sweepfold_common::contract::JobSpec;
 use sweepfold_common::{Bytes, JobId, SweepId};
 
 /// How jobs are spread over devices.
@@ -256,7 +257,8 @@ fn seconds_to_ms(s: f64) -> u64 {
 /// How a job ranks among its owner's jobs of equal priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Class {
-    /// The first job of a kind never timed and not running.
+    /// The first job of a kind never timed and not running, when other
+    /// configurations share the kind (trainer jobs).
     Probe,
     /// Expected run time known: longest first.
     Timed,
@@ -273,7 +275,10 @@ fn order_queue(q: &mut [&PendingJob], running_kinds: &BTreeSet<String>) {
     for j in q.iter() {
         let c = if j.expected.is_some() {
             Class::Timed
-        } else if running_kinds.contains(&j.duration_key) || !probed.insert(&j.duration_key) {
+        } else if !JobSpec::duration_key_is_shared(&j.duration_key)
+            || running_kinds.contains(&j.duration_key)
+            || !probed.insert(&j.duration_key)
+        {
             Class::AwaitingTiming
         } else {
             Class::Probe

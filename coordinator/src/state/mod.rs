@@ -18,13 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use sweepfold_common::disk::DiskSpace;
-use sweepfold_common::{Attempt, Bytes, JobId, SweepId};
+use sweepfold_common::{Attempt, Bytes, JobId, JobState, SweepId};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::blobs::BlobStore;
 use crate::config::CoordinatorConfig;
 use crate::error::{Error, Result};
+use crate::metrics::{Metrics, RequeueReason};
 use crate::scheduler::durations::Durations;
 use crate::store::{EventRecord, Finished, Outcome, Store};
 
@@ -56,6 +57,8 @@ pub struct Core {
     /// Sweeps with early stopping already told (in the log) that a job
     /// reported no epoch metrics.
     pub no_metrics_noted: HashSet<SweepId>,
+    /// Prometheus counters fed as things happen (shared with the handle).
+    pub metrics: Metrics,
 }
 
 /// Remembers the coordinator's own pauses: a call on the core that took
@@ -108,7 +111,14 @@ impl Core {
         outcome: Outcome,
         now_ms: i64,
     ) -> Result<Finished> {
+        let reason = requeue_reason(&outcome);
         let done = self.store.finish(job, attempt, agent, outcome, now_ms)?;
+        if let (Some(started), true) = (done.job.started_at_ms, done.job.attempt == attempt) {
+            self.metrics.ran((now_ms - started) as f64 / 1000.0);
+        }
+        if done.job.state == JobState::Queued {
+            self.metrics.requeued(reason);
+        }
         if let Some(sweep) = done.sweep_finished {
             tracing::info!(sweep = sweep.0, "sweep finished");
             self.finished_sweeps.push(sweep);
@@ -157,6 +167,7 @@ pub struct CoordinatorHandle {
     /// Sweeps whose last job just ended, for the automatic ensembles.
     finished: broadcast::Sender<SweepId>,
     pauses: Arc<PauseWatch>,
+    metrics: Metrics,
 }
 
 impl CoordinatorHandle {
@@ -177,6 +188,7 @@ impl CoordinatorHandle {
             durations.observe_finished(&key, &model, seconds);
         }
         let (events, _) = broadcast::channel(4096);
+        let metrics = Metrics::new();
         Ok(CoordinatorHandle {
             core: Arc::new(Mutex::new(Core {
                 store,
@@ -188,7 +200,9 @@ impl CoordinatorHandle {
                 leases_checked_at: now,
                 disk: None,
                 no_metrics_noted: HashSet::new(),
+                metrics: metrics.clone(),
             })),
+            metrics,
             events,
             pauses: Arc::new(PauseWatch::new(std::time::Duration::from_millis(
                 config.heartbeat_interval_ms,
@@ -199,6 +213,11 @@ impl CoordinatorHandle {
             wake: Arc::new(Notify::new()),
             finished: broadcast::channel(1024).0,
         })
+    }
+
+    /// The Prometheus counters and histograms (see `metrics.rs`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn config(&self) -> &CoordinatorConfig {
@@ -281,5 +300,16 @@ impl CoordinatorHandle {
             // No subscribers is fine.
             let _ = self.events.send(Arc::new(ev));
         }
+    }
+}
+
+/// The `reason` label a requeue after `outcome` counts under.
+fn requeue_reason(outcome: &Outcome) -> RequeueReason {
+    match outcome {
+        Outcome::Lost { .. } => RequeueReason::Lost,
+        Outcome::OutOfMemory { .. } => RequeueReason::OutOfMemory,
+        Outcome::StartFailure { .. } => RequeueReason::StartFailure,
+        Outcome::Refused { .. } => RequeueReason::Refused,
+        Outcome::Failed { .. } | Outcome::Succeeded { .. } => RequeueReason::Retry,
     }
 }

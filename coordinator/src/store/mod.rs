@@ -679,6 +679,18 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Jobs by state and by their sweep's owner: (state, owner, count).
+    pub fn job_counts(&self) -> Result<Vec<(String, String, u64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT j.state, s.owner, COUNT(*) FROM jobs j JOIN sweeps s ON s.id = j.sweep_id \
+             GROUP BY j.state, s.owner ORDER BY j.state, s.owner",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn get_job(&self, id: JobId) -> Result<Option<JobRecord>> {
         job_by_id(&self.conn, id)
     }

@@ -641,3 +641,24 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+/// A sweep file of `examples/train_example.py` (the class prior, one epoch,
+/// `sleep` seconds per epoch, no retries) in `dir`; its path.
+pub fn example_sweep(dir: &Path, name: &str, dataset: &str, folds: u32, sleep: &str) -> String {
+    let path = dir.join(format!("{name}.yaml"));
+    let script = repo_root().join("examples/train_example.py");
+    std::fs::write(
+        &path,
+        format!(
+            r#"name: {name}
+kfold: {{folds: {folds}}}
+dataset: {dataset}
+command: ["python3", {script:?}, "--model", "prior", "--epochs", "1", "--sleep", "{sleep}"]
+retries: 0
+"#,
+            script = script.display().to_string()
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}

@@ -7,13 +7,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use sweepfold_tests::{
-    Agent, Coordinator, coordinator_cmd, mnist_sketch_dataset, repo_root, wait_for,
+    Agent, Coordinator, coordinator_cmd, example_sweep, mnist_sketch_dataset, wait_for,
 };
 
 /// A GET over plain HTTP/1.1: (status, body); `None` if nothing answers.
@@ -113,25 +112,6 @@ fn value(sample: &Value) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn sweep(dir: &Path, name: &str, sleep: &str) -> String {
-    let path = dir.join(format!("{name}.yaml"));
-    let script = repo_root().join("examples/train_example.py");
-    std::fs::write(
-        &path,
-        format!(
-            r#"name: {name}
-kfold: {{folds: 2}}
-dataset: mnist-sketch
-command: ["python3", {script:?}, "--model", "prior", "--epochs", "1", "--sleep", "{sleep}"]
-retries: 0
-"#,
-            script = script.display().to_string()
-        ),
-    )
-    .unwrap();
-    path.display().to_string()
-}
-
 #[test]
 fn prometheus_scrapes_the_coordinator_and_answers_about_a_running_sweep() {
     if !installed("promtool") || !installed("prometheus") {
@@ -227,7 +207,10 @@ fn prometheus_scrapes_the_coordinator_and_answers_about_a_running_sweep() {
 
     // Two folds, one slot, 4 s each: Prometheus sees one run while the
     // other waits, then both succeed.
-    coord.cli_ok(&["submit", &sweep(dir.path(), "watched", "4")]);
+    coord.cli_ok(&[
+        "submit",
+        &example_sweep(dir.path(), "watched", "mnist-sketch", 2, "4"),
+    ]);
     wait_for(
         "prometheus to see a running job",
         Duration::from_secs(60),

@@ -3,30 +3,10 @@
 //! `coordinator sweep NAME` forecasts each job and the sweep's end from run
 //! times learned from the jobs that finished.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use sweepfold_tests::{Agent, Coordinator, mnist_sketch_dataset, repo_root, wait_for};
-
-fn sweep(dir: &Path, name: &str, dataset: &str, folds: u32, sleep: &str) -> String {
-    let path = dir.join(format!("{name}.yaml"));
-    let script = repo_root().join("examples/train_example.py");
-    std::fs::write(
-        &path,
-        format!(
-            r#"name: {name}
-kfold: {{folds: {folds}}}
-dataset: {dataset}
-command: ["python3", {script:?}, "--model", "prior", "--epochs", "1", "--sleep", "{sleep}"]
-retries: 0
-"#,
-            script = script.display().to_string()
-        ),
-    )
-    .unwrap();
-    path.display().to_string()
-}
+use sweepfold_tests::{Agent, Coordinator, example_sweep, mnist_sketch_dataset, wait_for};
 
 fn queued(coord: &Coordinator, sweep: &str) -> Vec<Value> {
     coord
@@ -56,7 +36,7 @@ fn a_waiting_job_is_explained_and_a_sweep_forecast_from_learned_run_times() {
     // One slot, four folds of one configuration: one runs, three wait.
     coord.cli_ok(&[
         "submit",
-        &sweep(dir.path(), "folds", "mnist-sketch", 4, "1"),
+        &example_sweep(dir.path(), "folds", "mnist-sketch", 4, "1"),
     ]);
     wait_for("a job to run", Duration::from_secs(30), || {
         coord.running_on("folds", "laptop", 1).then_some(())
@@ -113,7 +93,7 @@ fn a_waiting_job_is_explained_and_a_sweep_forecast_from_learned_run_times() {
     // A sweep of a dataset no agent holds: the explanation says so.
     coord.cli_ok(&[
         "submit",
-        &sweep(dir.path(), "elsewhere", "cifar-sketch", 2, "0"),
+        &example_sweep(dir.path(), "elsewhere", "cifar-sketch", 2, "0"),
     ]);
     let id = queued(&coord, "elsewhere")[0]["id"].to_string();
     let e = coord.cli_json(&["explain", &id]);

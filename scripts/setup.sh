@@ -43,3 +43,11 @@ fi
 
 # tch builds against the libtorch inside the installed PyTorch wheel.
 export LIBTORCH_USE_PYTORCH=1
+
+# The web dashboard's bundle (dashboard/dist/), which the coordinator's
+# build.rs embeds: Node.js and the npm packages pinned in
+# dashboard/package-lock.json.
+if [ -z "${SWEEPFOLD_SKIP_SETUP:-}" ]; then
+    "$repo_root/scripts/build-dashboard.sh" ||
+        echo "setup: the dashboard was not built; the coordinator works without it and its pages say how to build it" >&2
+fi

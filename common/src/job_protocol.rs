@@ -157,18 +157,28 @@ pub enum ChildEvent {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochReport {
     pub epoch: u32,
-    #[serde(default)]
+    /// A metric the job did not report (left out, or `null`) is NaN, which
+    /// travels and is stored as "absent": never as zero.
+    #[serde(default = "absent", deserialize_with = "number_or_absent")]
     pub train_loss: f64,
-    #[serde(default)]
+    #[serde(default = "absent", deserialize_with = "number_or_absent")]
     pub val_loss: f64,
-    #[serde(default)]
+    #[serde(default = "absent", deserialize_with = "number_or_absent")]
     pub val_accuracy: f64,
-    #[serde(default)]
+    #[serde(default = "absent", deserialize_with = "number_or_absent")]
     pub lr: f64,
-    #[serde(default)]
+    #[serde(default = "absent", deserialize_with = "number_or_absent")]
     pub images_per_second: f64,
     #[serde(default)]
     pub peak_gpu_memory_bytes: u64,
+}
+
+fn absent() -> f64 {
+    f64::NAN
+}
+
+fn number_or_absent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl ChildEvent {
@@ -225,6 +235,14 @@ mod tests {
             ChildEvent::parse_line(r#"{"event": "epoch"}"#),
             Some(Err(_))
         ));
+        // A metric left out or null is absent (NaN), never zero.
+        let Some(Ok(ChildEvent::Epoch(e))) = ChildEvent::parse_line(
+            r#"{"event": "epoch", "epoch": 2, "val_accuracy": 0.5, "val_loss": null}"#,
+        ) else {
+            panic!("an epoch line without train_loss parses");
+        };
+        assert!(e.train_loss.is_nan() && e.val_loss.is_nan() && e.lr.is_nan());
+        assert_eq!(e.val_accuracy, 0.5);
         // Only `epoch` is required besides the tag.
         assert!(matches!(
             ChildEvent::parse_line(r#"{"event": "epoch", "epoch": 1}"#),

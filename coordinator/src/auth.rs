@@ -140,6 +140,17 @@ impl Auth {
         self.cache.lock().expect("token cache").len()
     }
 
+    /// Whether callers must present a token (writes, and reads too when
+    /// [`Auth::reads_need_token`]).
+    pub fn tokens_required(&self) -> bool {
+        self.require_tokens
+    }
+
+    /// Whether a read without a token is refused.
+    pub fn reads_need_token(&self) -> bool {
+        self.require_tokens && self.read_requires_token
+    }
+
     /// The caller of a user-facing request, or why it may not proceed.
     pub fn user<T>(
         &self,

@@ -47,8 +47,30 @@ pub struct CoordinatorConfig {
     /// Where else agents come from: `[executors.slurm]` submits pilot
     /// agents into a Slurm cluster when queued jobs fit no connected agent.
     pub executors: ExecutorsConfig,
+    /// The GPU usage history behind the dashboard's cluster page.
+    pub usage: UsageConfig,
     /// Allow listening on a non-loopback address without TLS and tokens.
     pub insecure: bool,
+}
+
+/// How long GPU usage readings are kept, and how finely.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// Readings older than this are deleted.
+    pub keep_days: u32,
+    /// Readings stay in one-minute buckets this long, then become
+    /// fifteen-minute buckets.
+    pub detail_hours: u32,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            keep_days: 14,
+            detail_hours: 48,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -296,6 +318,7 @@ impl Default for CoordinatorConfig {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             executors: ExecutorsConfig::default(),
+            usage: UsageConfig::default(),
             insecure: false,
         }
     }
@@ -343,6 +366,12 @@ impl CoordinatorConfig {
         }
         if self.max_jobs_per_sweep == 0 {
             return Err("max_jobs_per_sweep must be at least 1".into());
+        }
+        if self.usage.keep_days == 0 || self.usage.detail_hours > self.usage.keep_days * 24 {
+            return Err(format!(
+                "usage.keep_days ({}) must be at least 1 and cover usage.detail_hours ({})",
+                self.usage.keep_days, self.usage.detail_hours
+            ));
         }
         if self.heartbeat_interval_ms == 0 || self.lease_ms < 2 * self.heartbeat_interval_ms {
             return Err(format!(

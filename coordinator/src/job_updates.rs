@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use sweepfold_common::{Bytes, JobState};
+use sweepfold_common::{Bytes, JobId, JobState, SweepId};
 
 use crate::agent_messages::{FinishOutcome, JobFinished, JobUpdate, Update};
 use crate::blobs;
@@ -22,6 +22,8 @@ pub struct Effects {
     pub replies: Vec<ToAgent>,
     /// Something changed that may let more jobs run.
     pub reschedule: bool,
+    /// Jobs that reported an epoch (for live views).
+    pub epochs: Vec<(SweepId, JobId)>,
 }
 
 impl Core {
@@ -59,6 +61,7 @@ impl Core {
                 Some(Update::Epoch(m)) => {
                     let current = self.store.check_current(job, attempt, agent)?;
                     crate::validate::epoch(job.0, m)?;
+                    fx.epochs.push((current.sweep_id, job));
                     if let Some(live) = self.agents.get_mut(agent) {
                         live.health.record_healthy();
                     }

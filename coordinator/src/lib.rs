@@ -25,6 +25,7 @@ pub mod auth;
 pub mod blobs;
 pub mod certs;
 pub mod config;
+pub mod dashboard;
 pub mod early_stopping;
 pub mod ensemble;
 pub mod error;
@@ -45,6 +46,7 @@ pub mod state;
 pub mod store;
 pub mod sweeps;
 pub mod telemetry;
+pub mod usage;
 pub mod validate;
 
 pub use api::server;

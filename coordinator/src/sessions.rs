@@ -13,7 +13,9 @@ use crate::agent_messages::{AgentView, DatasetInfo, FromAgent, Hello, RunningJob
 use crate::blobs::Verified;
 use crate::error::{Error, Result};
 use crate::job_updates::Effects;
-use crate::state::{AgentSession, AgentTx, CoordinatorHandle, Core, SentJob, ToAgent, now_ms};
+use crate::state::{
+    AgentSession, AgentTx, Change, CoordinatorHandle, Core, SentJob, ToAgent, now_ms,
+};
 use crate::store::{
     AgentRecord, DatasetRecord, EventRecord, JobRecord, Outcome, OutputRecord, PilotRecord,
     PilotState,
@@ -374,6 +376,7 @@ impl CoordinatorHandle {
     ) -> Result<()> {
         let cfg = self.config_arc();
         let grace = Duration::from_millis(2 * cfg.heartbeat_interval_ms + 2_000);
+        let heartbeat = matches!(msg, FromAgent::Heartbeat(_));
         let fx = self
             .with_core(move |core| {
                 let Some(live) = core.agents.get_mut(&agent) else {
@@ -392,6 +395,7 @@ impl CoordinatorHandle {
                     FromAgent::Heartbeat(mut hb) => {
                         crate::validate::heartbeat(&mut hb);
                         live.gpus = hb.gpus;
+                        let gpus = live.gpus.clone();
                         let was_full = live.disk_full();
                         live.disk = hb.disk;
                         match (was_full, live.disk_full()) {
@@ -409,6 +413,7 @@ impl CoordinatorHandle {
                             },
                         )?;
                         fx.reschedule = true;
+                        core.record_usage(&agent, &gpus, now_ms(), &cfg.usage);
                         fx
                     }
                     FromAgent::JobUpdate(u) => core.apply_job_update(&agent, &u, &cfg)?,
@@ -428,6 +433,12 @@ impl CoordinatorHandle {
             })
             .await?;
         self.publish(fx.events);
+        for (sweep, job) in fx.epochs {
+            self.changed(Change::Job(sweep, job));
+        }
+        if heartbeat {
+            self.changed(Change::Cluster);
+        }
         if fx.reschedule {
             self.poke();
         }

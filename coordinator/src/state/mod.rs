@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{Metrics, RequeueReason};
 use crate::scheduler::durations::Durations;
 use crate::store::{EventRecord, Finished, Outcome, Store};
+use crate::usage::Accumulator;
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -59,6 +60,22 @@ pub struct Core {
     pub no_metrics_noted: HashSet<SweepId>,
     /// Prometheus counters fed as things happen (shared with the handle).
     pub metrics: Metrics,
+    /// The GPU usage buckets still open (see `crate::usage`).
+    pub usage: Accumulator,
+    /// When the usage history was last downsampled and pruned.
+    pub usage_maintained_ms: i64,
+}
+
+/// Something a live view may want to show again: sent to the dashboard's
+/// event streams after the store has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Change {
+    /// A sweep as a whole (submitted, ensembled, cancelled).
+    Sweep(SweepId),
+    /// A job changed state or reported an epoch.
+    Job(SweepId, JobId),
+    /// Agents or their GPUs (a heartbeat).
+    Cluster,
 }
 
 /// Remembers the coordinator's own pauses: a call on the core that took
@@ -168,6 +185,7 @@ pub struct CoordinatorHandle {
     finished: broadcast::Sender<SweepId>,
     pauses: Arc<PauseWatch>,
     metrics: Metrics,
+    changes: broadcast::Sender<Change>,
 }
 
 impl CoordinatorHandle {
@@ -201,7 +219,10 @@ impl CoordinatorHandle {
                 disk: None,
                 no_metrics_noted: HashSet::new(),
                 metrics: metrics.clone(),
+                usage: Accumulator::default(),
+                usage_maintained_ms: 0,
             })),
+            changes: broadcast::channel(4096).0,
             metrics,
             events,
             pauses: Arc::new(PauseWatch::new(std::time::Duration::from_millis(
@@ -297,9 +318,22 @@ impl CoordinatorHandle {
 
     pub fn publish(&self, events: impl IntoIterator<Item = EventRecord>) {
         for ev in events {
+            self.changed(Change::Job(ev.sweep_id, ev.job_id));
             // No subscribers is fine.
             let _ = self.events.send(Arc::new(ev));
         }
+    }
+
+    /// Tells live views that something is stored (call after the store).
+    pub fn changed(&self, change: Change) {
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(change);
+        }
+    }
+
+    /// Changes from now on (a slow reader misses some: `Lagged`).
+    pub fn watch_changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 }
 

@@ -172,3 +172,67 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
+
+/// One epoch of a live learning curve: a metric no job reported is None,
+/// never zero.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LivePoint {
+    pub config_index: u32,
+    /// The fold, for per-fold curves; None for a mean over folds.
+    pub fold: Option<u32>,
+    pub epoch: u32,
+    /// Folds that reported this epoch.
+    pub folds: u32,
+    pub train_loss: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+}
+
+impl Store {
+    /// Learning curves as they grow: per configuration and epoch, the mean
+    /// over every fold's current attempt that reported it (running jobs
+    /// too). SQL's AVG skips NULLs, so a metric stays absent unless some
+    /// fold reported it.
+    pub fn live_curves(&self, sweep: SweepId) -> Result<Vec<LivePoint>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT j.config_index, m.epoch, COUNT(*), AVG(m.train_loss), AVG(m.val_loss), \
+             AVG(m.val_accuracy) \
+             FROM metrics m JOIN jobs j ON j.id = m.job_id AND m.attempt = j.attempt \
+             WHERE j.sweep_id = ?1 GROUP BY j.config_index, m.epoch \
+             ORDER BY j.config_index, m.epoch",
+        )?;
+        let rows = stmt.query_map([sweep.0], |r| {
+            Ok(LivePoint {
+                config_index: r.get(0)?,
+                fold: None,
+                epoch: r.get(1)?,
+                folds: r.get(2)?,
+                train_loss: r.get(3)?,
+                val_loss: r.get(4)?,
+                val_accuracy: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// One configuration's curves fold by fold (each fold's current attempt).
+    pub fn fold_curves(&self, sweep: SweepId, config: u32) -> Result<Vec<LivePoint>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT j.fold, m.epoch, m.train_loss, m.val_loss, m.val_accuracy \
+             FROM metrics m JOIN jobs j ON j.id = m.job_id AND m.attempt = j.attempt \
+             WHERE j.sweep_id = ?1 AND j.config_index = ?2 ORDER BY j.fold, m.epoch",
+        )?;
+        let rows = stmt.query_map(params![sweep.0, config], |r| {
+            Ok(LivePoint {
+                config_index: config,
+                fold: Some(r.get(0)?),
+                epoch: r.get(1)?,
+                folds: 1,
+                train_loss: r.get(2)?,
+                val_loss: r.get(3)?,
+                val_accuracy: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}

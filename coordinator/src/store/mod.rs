@@ -28,17 +28,19 @@ mod outputs;
 mod pilots;
 mod search;
 mod tokens;
+mod usage;
 
 pub use agents::{AgentRecord, DatasetRecord};
 pub use deletion::DeletedSweep;
 pub use early_stopping::{RungSweep, Stop};
-pub use ensembles::{ConfigStats, CurvePoint, EnsembleRecord};
+pub use ensembles::{ConfigStats, CurvePoint, EnsembleRecord, LivePoint};
 pub use imports::{IMPORT_AGENT, NewImport};
 pub use lifecycle::{AssignmentInfo, Finished, NewAssignment, Outcome, QueuedJob};
 pub use outputs::{MetricRecord, OutputRecord};
 pub use pilots::{PilotRecord, PilotState, pilot_agent_name};
 pub use search::{SearchConfig, SearchView};
-pub use tokens::{TokenKind, TokenRecord, token_by_sha256, token_sha256};
+pub use tokens::{TokenKind, TokenRecord, random_hex, token_by_sha256, token_sha256};
+pub use usage::{JobOwner, UsageUpkeep};
 
 /// Migrations in order; `user_version` N means the first N are applied.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -77,6 +79,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0009_durations_pilots",
         include_str!("../../migrations/0009_durations_pilots.sql"),
+    ),
+    (
+        "0010_gpu_usage",
+        include_str!("../../migrations/0010_gpu_usage.sql"),
     ),
 ];
 

@@ -34,18 +34,23 @@ pub fn token_sha256(token: &str) -> String {
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
-/// 32 random bytes from the kernel, hex-encoded, with a readable prefix.
-fn new_token(kind: TokenKind) -> Result<String> {
+/// `n` random bytes from the kernel, hex-encoded.
+pub fn random_hex(n: usize) -> Result<String> {
     use std::io::Read;
-    let mut bytes = [0u8; 32];
+    let mut bytes = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|e| Error::Internal(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(hex::encode(bytes))
+}
+
+/// 32 random bytes from the kernel, hex-encoded, with a readable prefix.
+fn new_token(kind: TokenKind) -> Result<String> {
     let prefix = match kind {
         TokenKind::User => "sfu",
         TokenKind::Agent => "sfa",
     };
-    Ok(format!("{prefix}_{}", hex::encode(bytes)))
+    Ok(format!("{prefix}_{}", random_hex(32)?))
 }
 
 /// A token row (`name, kind, admin, created_at_ms`).

@@ -117,11 +117,11 @@ def main():
         for epoch in range(1, args.epochs + 1):
             time.sleep(args.sleep)
             acc = float((val_logits.argmax(1) == y_val).mean())
-            # The prior has no losses to report: it leaves them out (shown as
+            # The prior has no losses or speed to report: it leaves them out (shown as
             # absent, never as zero).
-            event(event="epoch", epoch=epoch, val_accuracy=acc,
-                  lr=args.lr, images_per_second=0.0,
+            event(event="epoch", epoch=epoch, val_accuracy=acc, lr=args.lr,
                   peak_gpu_memory_bytes=int(args.memory_gib * 2**30))
+            print(f"epoch {epoch}/{args.epochs}: val_accuracy {acc:.4f}", flush=True)
             if asked_to_finish(args):
                 break
     else:
@@ -155,6 +155,7 @@ def main():
                   val_accuracy=acc,
                   lr=args.lr, images_per_second=20 * len(x_train) / max(time.time() - start, 1e-6),
                   peak_gpu_memory_bytes=int(args.memory_gib * 2**30))
+            print(f"epoch {epoch}/{args.epochs}: val_accuracy {acc:.4f}", flush=True)
             if asked_to_finish(args):
                 print(f"asked to finish now after epoch {epoch}: outputs of the best epoch", flush=True)
                 break

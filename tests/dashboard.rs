@@ -40,7 +40,6 @@ fn create_token(data: &Path, name: &str, extra: &[&str]) -> String {
 }
 
 #[test]
-#[ignore = "in progress: the sign-in step times out in Chromium (issue 12); run with --ignored"]
 fn a_team_follows_a_sweep_in_the_browser() {
     let dashboard = repo_root().join("dashboard");
     let node_ok = Command::new("node")
@@ -80,10 +79,11 @@ fn a_team_follows_a_sweep_in_the_browser() {
         &coord.url(),
         "box1",
         &dir.path().join("box1"),
+        // Two simulated 16 GiB GPUs, one with a teammate's notebook on
+        // it: the cluster page shows jobs by owner and foreign memory.
         &[
-            "--cpu",
-            "--cpu-slots",
-            "2",
+            "--fake-gpus",
+            "1x16GiB,1x16GiB:used=5GiB",
             "--dataset",
             &mnist_sketch_dataset(),
         ],
@@ -98,7 +98,7 @@ fn a_team_follows_a_sweep_in_the_browser() {
         &sweep,
         format!(
             "name: watched\nkfold: {{folds: 3}}\ndataset: mnist-sketch\nretries: 0\n\
-             command: [\"python3\", {script:?}, \"--model\", \"prior\", \"--lr\", \"{{lr}}\", \"--epochs\", \"10\", \"--sleep\", \"2\"]\n\
+             command: [\"python3\", {script:?}, \"--model\", \"prior\", \"--lr\", \"{{lr}}\", \"--epochs\", \"10\", \"--sleep\", \"2\", \"--memory-gib\", \"3\"]\n\
              parameters:\n  lr: {{values: [0.01, 0.1, 1.0]}}\n",
             script = script.display().to_string()
         ),

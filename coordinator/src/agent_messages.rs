@@ -115,6 +115,8 @@ pub enum Update {
     Started(u32),
     Epoch(EpochMetrics),
     Finished(JobFinished),
+    /// New lines of the job's output (the live log tail; not stored).
+    Log(String),
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -466,7 +466,11 @@ pub fn disagreement(members: &[Member]) -> Vec<Vec<f64>> {
 pub fn per_class_accuracy(p: &Probs, targets: &[u32]) -> Vec<f64> {
     let mut hits = vec![0usize; p.classes];
     let mut total = vec![0usize; p.classes];
+    // Rows no member covers (u32::MAX) or out of range are not counted.
     for (pred, &t) in p.argmax().into_iter().zip(targets) {
+        if t as usize >= p.classes {
+            continue;
+        }
         total[t as usize] += 1;
         if pred == t {
             hits[t as usize] += 1;

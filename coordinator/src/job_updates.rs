@@ -22,7 +22,7 @@ pub struct Effects {
     pub replies: Vec<ToAgent>,
     /// Something changed that may let more jobs run.
     pub reschedule: bool,
-    /// Jobs that reported an epoch (for live views).
+    /// Jobs that reported an epoch or log lines (for live views).
     pub epochs: Vec<(SweepId, JobId)>,
 }
 
@@ -172,6 +172,11 @@ impl Core {
                     fx.events.push(done.event);
                     fx.reschedule = true;
                 }
+                Some(Update::Log(text)) => {
+                    let current = self.store.check_current(job, attempt, agent)?;
+                    self.live_logs.append(job, text);
+                    fx.epochs.push((current.sweep_id, job));
+                }
                 None => {
                     return Err(Error::InvalidArgument(format!(
                         "job update for job {} without a body",
@@ -262,6 +267,7 @@ impl Core {
                     Ok(()) => Outcome::Succeeded {
                         peak,
                         gpu_seconds: f.gpu_seconds,
+                        log_tail: f.log_tail.clone(),
                     },
                     Err(why) => Outcome::Failed {
                         error: format!("outputs rejected: {why}"),

@@ -36,6 +36,34 @@ fn params_text(params_json: &str) -> String {
     }
 }
 
+/// Round tick values covering `[lo, hi]`: about `target` steps of 1, 2 or 5
+/// times a power of ten, the first at or below `lo` and the last at or
+/// above `hi` (so the axis ends on ticks). Also returns the step.
+pub fn nice_ticks(lo: f64, hi: f64, target: usize) -> (Vec<f64>, f64) {
+    let (lo, hi) = if hi > lo {
+        (lo, hi)
+    } else {
+        (lo - 0.5, lo + 0.5)
+    };
+    let raw = (hi - lo) / target.max(1) as f64;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * magnitude);
+    let first = (lo / step).floor() as i64;
+    let last = (hi / step).ceil() as i64;
+    // Multiples of the step, so 0.1 + 0.2 prints as 0.3.
+    let ticks = (first..=last).map(|k| k as f64 * step).collect();
+    (ticks, step)
+}
+
+/// Decimals that show a tick step exactly (0.05 -> 2, 20 -> 0).
+fn decimals(step: f64) -> usize {
+    (-step.log10().floor()).max(0.0) as usize
+}
+
 /// A line chart: one polyline per series of (x, y) points.
 pub fn line_chart(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
     let (w, h, left, right, top, bottom) = (640.0, 300.0, 56.0, 180.0, 28.0, 36.0);
@@ -52,7 +80,10 @@ pub fn line_chart(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>
         .collect();
     let points: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).collect();
     if points.is_empty() {
-        return format!("<p>{}: no data yet.</p>", esc(title));
+        return format!(
+            r#"<p class="note">{}: not reported by the jobs (or no epoch finished yet).</p>"#,
+            esc(title)
+        );
     }
     let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
     let (mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY);
@@ -65,8 +96,8 @@ pub fn line_chart(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>
     if x1 == x0 {
         x1 = x0 + 1.0;
     }
-    let pad = ((y1 - y0) * 0.05).max(1e-6);
-    let (y0, y1) = (y0 - pad, y1 + pad);
+    let (y_ticks, y_step) = nice_ticks(y0, y1, 5);
+    let (y0, y1) = (y_ticks[0], y_ticks[y_ticks.len() - 1]);
     let px = |x: f64| left + (x - x0) / (x1 - x0) * (w - left - right);
     let py = |y: f64| top + (1.0 - (y - y0) / (y1 - y0)) * (h - top - bottom);
     let mut s = String::new();
@@ -80,11 +111,11 @@ pub fn line_chart(title: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>
         r#"<text x="{left}" y="18" class="t">{}</text>"#,
         esc(title)
     );
-    for i in 0..=4 {
-        let y = y0 + (y1 - y0) * f64::from(i) / 4.0;
+    let digits = decimals(y_step);
+    for &y in &y_ticks {
         let _ = write!(
             s,
-            r##"<line x1="{left}" x2="{}" y1="{py:.1}" y2="{py:.1}" stroke="#e5e5e5"/><text x="{}" y="{:.1}" class="a" text-anchor="end">{y:.3}</text>"##,
+            r##"<line x1="{left}" x2="{}" y1="{py:.1}" y2="{py:.1}" stroke="#e5e5e5"/><text x="{}" y="{:.1}" class="a" text-anchor="end">{y:.digits$}</text>"##,
             w - right,
             left - 4.0,
             py(y) + 4.0,
@@ -217,8 +248,11 @@ pub fn heatmap(title: &str, labels: &[String], m: &[Vec<f64>]) -> String {
 }
 
 /// Per-class accuracy, best member against the ensemble: grouped bars for
-/// up to 40 classes, otherwise a scatter (member on x, ensemble on y).
-pub fn per_class_chart(best: &[f64], ens: &[f64], best_name: &str) -> String {
+/// up to 40 classes; otherwise a scatter (member across, ensemble up) and
+/// two tables that stay readable with 500 classes: the ensemble's worst
+/// classes and the classes it changed most. `support` is each class's
+/// number of training rows.
+pub fn per_class_chart(best: &[f64], ens: &[f64], support: &[usize], best_name: &str) -> String {
     let n = best.len();
     if n == 0 {
         return String::new();
@@ -267,21 +301,45 @@ pub fn per_class_chart(best: &[f64], ens: &[f64], best_name: &str) -> String {
             );
         }
     } else {
-        let (size, pad) = (360.0, 44.0);
+        // A scatter with both axes (0 to 1): a point above the diagonal is
+        // a class the ensemble improved. The title is the page's text above
+        // the chart, so it is never cut.
+        let (size, left, top, bottom) = (420.0, 56.0, 12.0, 44.0);
+        let (w, h) = (left + size + 16.0, top + size + bottom);
         let _ = write!(
             s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{w}" viewBox="0 0 {w} {w}" role="img"><title>Per-class accuracy</title><text x="0" y="18" class="t">Per-class accuracy, {n} classes: ensemble (y) against {} (x)</text>"#,
-            esc(best_name),
-            w = size + 2.0 * pad
+            r#"<p class="note">{n} classes, one point each: accuracy of the best member ({}) across, of the ensemble up. Green: the ensemble is at least as good; red: worse.</p><svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img"><title>Per-class accuracy, {n} classes: ensemble against the best member</title>"#,
+            esc(best_name)
         );
-        let p = |v: f64| pad + v * size;
+        let px = |v: f64| left + v * size;
+        let py = |v: f64| top + (1.0 - v) * size;
+        for i in 0..=5 {
+            let v = f64::from(i) / 5.0;
+            let _ = write!(
+                s,
+                r##"<line x1="{:.1}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#e5e5e5"/><line x1="{x:.1}" x2="{x:.1}" y1="{:.1}" y2="{:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" class="a" text-anchor="end">{v:.1}</text><text x="{x:.1}" y="{:.1}" class="a" text-anchor="middle">{v:.1}</text>"##,
+                px(0.0),
+                px(1.0),
+                py(1.0),
+                py(0.0),
+                left - 4.0,
+                py(v) + 4.0,
+                py(0.0) + 16.0,
+                x = px(v),
+                y = py(v),
+            );
+        }
         let _ = write!(
             s,
-            r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-dasharray="4"/>"##,
-            p(0.0),
-            pad + size,
-            p(1.0),
-            pad
+            r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#999" stroke-dasharray="4"/><text x="{:.1}" y="{:.1}" class="a" text-anchor="middle">best member's accuracy</text><text x="14" y="{:.1}" class="a" transform="rotate(-90 14 {:.1})" text-anchor="middle">ensemble's accuracy</text>"##,
+            px(0.0),
+            py(0.0),
+            px(1.0),
+            py(1.0),
+            px(0.5),
+            h - 6.0,
+            py(0.5),
+            py(0.5),
         );
         for c in 0..n {
             let color = if ens[c] >= best[c] {
@@ -291,16 +349,71 @@ pub fn per_class_chart(best: &[f64], ens: &[f64], best_name: &str) -> String {
             };
             let _ = write!(
                 s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}" fill-opacity="0.6"><title>class {c}: {:.3} -> {:.3}</title></circle>"#,
-                p(best[c]),
-                pad + size * (1.0 - ens[c]),
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}" fill-opacity="0.5"><title>class {c}: {:.3} -> {:.3}</title></circle>"#,
+                px(best[c]),
+                py(ens[c]),
                 best[c],
                 ens[c]
             );
         }
+        s.push_str("</svg>");
+        s.push_str(&class_tables(best, ens, support));
+        return s;
     }
     s.push_str("</svg>");
     s
+}
+
+/// Rows in each table of [`class_tables`].
+const CLASS_ROWS: usize = 15;
+
+/// The ensemble's worst classes and the classes it changed most, side by
+/// side (ties broken by class index, so the report is reproducible).
+fn class_tables(best: &[f64], ens: &[f64], support: &[usize]) -> String {
+    let n = best.len();
+    // A class without training rows has no accuracy to rank.
+    let mut worst: Vec<usize> = (0..n)
+        .filter(|&c| support.get(c).is_some_and(|&rows| rows > 0))
+        .collect();
+    worst.sort_by(|&a, &b| ens[a].total_cmp(&ens[b]).then(a.cmp(&b)));
+    let mut changed: Vec<usize> = (0..n).filter(|&c| ens[c] != best[c]).collect();
+    changed.sort_by(|&a, &b| {
+        (ens[b] - best[b])
+            .abs()
+            .total_cmp(&(ens[a] - best[a]).abs())
+            .then(a.cmp(&b))
+    });
+    let table = |title: &str, classes: &[usize]| {
+        let mut t = format!(
+            r#"<div><h3>{title}</h3><table><tr><th>class</th><th>rows</th><th>best member</th><th>ensemble</th><th>change</th></tr>"#
+        );
+        for &c in classes.iter().take(CLASS_ROWS) {
+            let _ = write!(
+                t,
+                "<tr><td>{c}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:+.3}</td></tr>",
+                support.get(c).copied().unwrap_or(0),
+                best[c],
+                ens[c],
+                ens[c] - best[c]
+            );
+        }
+        if classes.is_empty() {
+            t.push_str(r#"<tr><td colspan="5" class="l">none</td></tr>"#);
+        }
+        t.push_str("</table></div>");
+        t
+    };
+    format!(
+        r#"<div class="pair">{}{}</div>"#,
+        table(
+            &format!("The ensemble's {CLASS_ROWS} worst classes"),
+            &worst
+        ),
+        table(
+            &format!("The {CLASS_ROWS} classes the ensemble changed most"),
+            &changed
+        )
+    )
 }
 
 /// The whole report.
@@ -320,7 +433,8 @@ h1{{font-size:22px}} h2{{font-size:17px;margin-top:28px;border-bottom:1px solid 
 table{{border-collapse:collapse;font-size:13px}} th,td{{padding:4px 8px;border-bottom:1px solid #eee;text-align:right}}
 th{{background:#f6f6f6}} td.l,th.l{{text-align:left}} .partial{{color:#888}}
 svg .t{{font-size:13px;font-weight:600}} svg .a{{font-size:11px;fill:#444}} .note{{color:#555;font-size:13px}}
-.big{{font-size:20px;font-weight:600}}
+.big{{font-size:20px;font-weight:600}} h3{{font-size:14px;margin:12px 0 6px}}
+.pair{{display:flex;gap:32px;flex-wrap:wrap}}
 </style></head><body><h1>{t}</h1><p class="note">Generated {g}. Out-of-fold (OOF) accuracy puts every configuration's fold models together so each training row is predicted once, by the model that did not train on it.</p>"#,
         t = esc(title),
         g = esc(generated_at)
@@ -394,9 +508,16 @@ svg .t{{font-size:13px;font-weight:600}} svg .a{{font-size:11px;fill:#444}} .not
         let best = &loaded.members[o.best_member];
         let targets = &loaded.targets;
         html.push_str("<h2>Per-class accuracy</h2>");
+        let mut support = vec![0usize; loaded.classes];
+        for &t in targets.iter() {
+            if let Some(n) = support.get_mut(t as usize) {
+                *n += 1;
+            }
+        }
         html.push_str(&per_class_chart(
             &ensemble::per_class_accuracy(&best.oof, targets),
             &ensemble::per_class_accuracy(&o.oof, targets),
+            &support,
             &best.name,
         ));
     }
@@ -452,9 +573,67 @@ mod tests {
             &[vec![0.0, 0.4], vec![0.4, 0.0]],
         );
         assert_eq!(h.matches("<rect").count(), 4);
-        let bars = per_class_chart(&[0.5, 1.0], &[0.6, 1.0], "m");
+        let bars = per_class_chart(&[0.5, 1.0], &[0.6, 1.0], &[3, 3], "m");
         assert_eq!(bars.matches("<rect").count(), 4);
-        let scatter = per_class_chart(&vec![0.5; 100], &vec![0.6; 100], "m");
+        let scatter = per_class_chart(&vec![0.5; 100], &vec![0.6; 100], &[4; 100], "m");
         assert_eq!(scatter.matches("<circle").count(), 100);
+        assert!(
+            scatter.contains("best member's accuracy") && scatter.contains("ensemble's accuracy")
+        );
+    }
+
+    #[test]
+    fn ticks_are_round_and_cover_the_data() {
+        let (t, step) = nice_ticks(0.11352, 0.11384, 5);
+        assert_eq!(step, 0.0001);
+        assert!(t[0] <= 0.11352 && *t.last().unwrap() >= 0.11384);
+        assert_eq!(decimals(step), 4);
+        let (t, step) = nice_ticks(0.0, 2.3, 5);
+        assert_eq!((step, t), (0.5, vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5]));
+        // A flat series still gets a readable axis.
+        let (t, _) = nice_ticks(0.0, 0.0, 5);
+        assert!(t.len() >= 2 && t[0] < 0.0 && *t.last().unwrap() > 0.0);
+    }
+
+    #[test]
+    fn a_metric_no_job_reported_is_absent_not_zero() {
+        let nan = vec![(1.0, f64::NAN), (2.0, f64::NAN)];
+        let chart = line_chart("Training loss", "loss", &[("c0".into(), nan)]);
+        assert!(
+            !chart.contains("<svg") && chart.contains("not reported"),
+            "{chart}"
+        );
+        let chart = line_chart(
+            "Validation loss",
+            "loss",
+            &[("c0".into(), vec![(1.0, 0.5), (2.0, 0.25)])],
+        );
+        assert!(!chart.contains("-0.0"), "no negative-zero ticks: {chart}");
+    }
+
+    #[test]
+    fn with_many_classes_the_worst_and_most_changed_are_listed() {
+        let n = 500;
+        let best: Vec<f64> = (0..n).map(|c| 0.5 + (c % 10) as f64 * 0.01).collect();
+        let mut ens = best.clone();
+        ens[42] = 0.0; // the worst class
+        ens[7] = best[7] + 0.4; // the biggest change
+        let html = per_class_chart(&best, &ens, &vec![30; n], "c0");
+        let worst = &html[html.find("worst classes").unwrap()..html.find("changed most").unwrap()];
+        assert!(
+            worst.contains(
+                "<tr><td>42</td><td>30</td><td>0.520</td><td>0.000</td><td>-0.520</td></tr>"
+            ),
+            "{worst}"
+        );
+        let changed = &html[html.find("changed most").unwrap()..];
+        let first = changed.find("<td>42</td>").unwrap();
+        let second = changed.find("<td>7</td>").unwrap();
+        assert!(first < second, "sorted by the size of the change");
+        assert_eq!(
+            changed.matches("<tr><td>").count(),
+            2,
+            "only changed classes"
+        );
     }
 }

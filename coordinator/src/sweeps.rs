@@ -299,7 +299,11 @@ impl CoordinatorHandle {
 
     pub async fn get_job(&self, id: JobId) -> Result<JobDetail> {
         self.with_core(move |core| {
-            let job = core.store.get_job(id)?.ok_or(Error::JobNotFound(id))?;
+            let mut job = core.store.get_job(id)?.ok_or(Error::JobNotFound(id))?;
+            // A running job's tail is the live one its agent streams.
+            if let Some(live) = core.live_logs.get(id) {
+                job.log_tail = live.to_string();
+            }
             Ok(JobDetail {
                 history: core.store.job_history(id)?,
                 metrics: core.store.metrics(id)?,

@@ -419,10 +419,11 @@ function sweepPage(ref) {
       h("dt", {}, "best OOF accuracy"), h("dd", { id: "best" }, s.best_oof_accuracy === null ? "—" : `${pct(s.best_oof_accuracy)} (config ${s.best_config})`),
       s.waiting ? [h("dt", {}, "waiting"), h("dd", {}, s.waiting)] : null));
     cancelButton.disabled = s.state !== "active";
-    links.replaceChildren(
-      s.ensemble ? h("a", { href: `/api/sweeps/${s.id}/submission.csv` }, "submission.csv") : null,
-      s.ensemble ? h("a", { href: `/api/sweeps/${s.id}/probabilities.npy` }, "probabilities.npy") : null,
-      s.counts.succeeded ? h("a", { href: `/api/sweeps/${s.id}/report.html`, target: "_blank" }, "HTML report") : null);
+    links.replaceChildren(...[
+      s.ensemble && h("a", { href: `/api/sweeps/${s.id}/submission.csv` }, "submission.csv"),
+      s.ensemble && h("a", { href: `/api/sweeps/${s.id}/probabilities.npy` }, "probabilities.npy"),
+      s.counts.succeeded > 0 && h("a", { href: `/api/sweeps/${s.id}/report.html`, target: "_blank" }, "HTML report"),
+    ].filter(Boolean));
     boardNote.textContent = page.leaderboard_error ? `(out-of-fold figures unavailable: ${page.leaderboard_error})` : "";
     board.update(page.configs);
     jobs.update(page.jobs);
@@ -479,7 +480,8 @@ function jobPage(id) {
     history.replaceChildren(t);
     epochs.update(page.epochs);
     const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-    log.textContent = page.log_tail || "(no output yet)";
+    const live = ["queued", "assigned", "running"].includes(j.state);
+    log.textContent = page.log_tail || (live ? "(no output yet)" : "(the job wrote no output)");
     if (atBottom) log.scrollTop = log.scrollHeight;
     const current = page.epochs.filter((e) => e.attempt === j.attempt);
     const line = (key, axis) => {
@@ -527,12 +529,16 @@ function clusterPage() {
         cards.append(card);
         liveCharts.set(a.name, chart(card.querySelector(".chart")));
       }
-      card.querySelector(".head").replaceChildren(h("strong", {}, a.name), ` ${a.hostname} `,
+      card.querySelector(".head").replaceChildren(...[h("strong", {}, a.name), ` ${a.hostname} `,
         badge(a.connected ? "connected" : "disconnected"), ` seen ${ago(a.last_seen_ms)} · ${a.running_jobs} job(s)`,
-        a.unhealthy_reason ? h("span", { class: "msg error" }, ` ${a.unhealthy_reason}`) : null,
-        a.cpu_only ? h("span", { class: "muted" }, " (CPU only)") : null);
+        a.unhealthy_reason && h("span", { class: "msg error" }, ` ${a.unhealthy_reason}`),
+        a.cpu_only && h("span", { class: "muted" }, " (CPU only: no GPU memory to show)"),
+      ].filter(Boolean));
       const c = liveCharts.get(a.name);
       const gpus = a.gpus;
+      // A CPU-only agent has no memory bars: its card is the line above.
+      card.querySelector(".chart").hidden = !gpus.length;
+      if (!gpus.length) continue;
       const owners = [...new Set(gpus.flatMap(ownersOf))].sort();
       const labels = gpus.map((g) => `GPU ${g.index} ${g.model}`);
       const series = owners.map((o, i) => ({
@@ -547,11 +553,10 @@ function clusterPage() {
       c.resize();
       c.setOption({
         animation: false,
-        title: gpus.length ? { show: false } : { show: true, text: "no GPU (CPU slots)", left: "center", top: "middle", textStyle: { color: "#6b7280", fontSize: 13, fontWeight: "normal" } },
         tooltip: { trigger: "axis", axisPointer: { type: "shadow" }, valueFormatter: (v) => `${Number(v).toFixed(2)} GiB` },
         legend: { top: 0 },
         grid: { left: 170, right: 30, top: 30, bottom: 25 },
-        xAxis: { type: "value", name: "GiB", max: gpus.length ? Math.max(...gpus.map((g) => g.total_bytes / 2 ** 30)) : 1 },
+        xAxis: { type: "value", name: "GiB", max: Math.ceil(Math.max(...gpus.map((g) => g.total_bytes / 2 ** 30))) },
         yAxis: { type: "category", data: labels },
         series,
       }, { notMerge: true });

@@ -39,7 +39,7 @@ try {
   await page.goto(`${BASE}/sign-in`);
   await page.fill("#token", "sfu_not-a-token");
   await page.click("#sign-in");
-  await page.getByText("Sign-in failed: unknown or revoked token").waitFor();
+  await page.getByText(/Sign-in failed: .*unknown or revoked token/).waitFor();
 
   log("sign in as the other user");
   await page.fill("#token", OTHER);
@@ -101,16 +101,22 @@ try {
   const refusal = await page.locator(".msg.error").first().textContent();
   if (!refusal.includes("only `ana` or an admin may cancel it")) throw new Error(`unexpected refusal: ${refusal}`);
 
-  log("a job's page: history, epochs and log");
-  const jobLink = page.locator('a[href^="/jobs/"]').first();
-  await jobLink.click();
+  log("a running job's page: history, epochs and a live log tail");
+  const running = page.locator("#jobs tr", { has: page.locator(".state.running") }).locator('a[href^="/jobs/"]').first();
+  await running.click();
   await page.locator("#log").waitFor();
   await page.getByText("State history").waitFor();
+  const epochLines = () => page.locator("#log").textContent().then((t) => (t.match(/^epoch \d+/gm) || []).length);
+  await page.waitForFunction(() => /^epoch \d+/m.test(document.querySelector("#log").textContent), null, { timeout: 30000 });
+  const lines0 = await epochLines();
+  await page.waitForFunction((n) => (document.querySelector("#log").textContent.match(/^epoch \d+/gm) || []).length > n, lines0, { timeout: 30000 });
+  console.log(`e2e: log tail ${lines0} -> ${await epochLines()} epoch lines without a reload`);
   await page.screenshot({ path: `${SHOTS}/job.png`, fullPage: true });
 
   log("the cluster page: the agent's memory and the usage history");
   await page.click('a[data-nav="cluster"]');
   await page.locator('[data-agent="box1"]').waitFor();
+  await page.locator("#history .card canvas").first().waitFor();
   await page.screenshot({ path: `${SHOTS}/cluster.png`, fullPage: true });
 
   log("an unreachable coordinator gets a clear message");

@@ -31,9 +31,22 @@ pub fn finished_attempt(u: &pb::JobUpdate) -> Option<(JobId, Attempt)> {
         .then_some((JobId(u.job_id), Attempt(u.attempt)))
 }
 
+/// A live log update (see `JobLog` in the protocol).
+fn is_log(u: &pb::JobUpdate) -> bool {
+    matches!(u.update, Some(pb::job_update::Update::Log(_)))
+}
+
+/// Beyond this many waiting updates, live log lines are not queued.
+const MAX_QUEUED_FOR_LOGS: usize = 256;
+
 impl Outbox {
-    /// Queues an update behind the others.
+    /// Queues an update behind the others. Live log lines are dropped
+    /// while many updates wait (the coordinator is away): they only feed a
+    /// live view, and the queue must not grow with a chatty job's output.
     pub fn push(&mut self, u: pb::JobUpdate) {
+        if is_log(&u) && self.queue.len() >= MAX_QUEUED_FOR_LOGS {
+            return;
+        }
         self.queue.push_back(u);
     }
 
@@ -77,7 +90,11 @@ impl Outbox {
                 u.clone()
             })
             .collect();
-        all.extend(queued.into_iter().filter(|u| finished_attempt(u).is_none()));
+        all.extend(
+            queued
+                .into_iter()
+                .filter(|u| finished_attempt(u).is_none() && !is_log(u)),
+        );
         (all, ended)
     }
 
@@ -158,6 +175,39 @@ mod tests {
         assert_eq!(o.pop(), Some(started(1)));
         assert_eq!(o.pop(), Some(finished(1)));
         assert_eq!(o.pop(), None);
+    }
+
+    fn log(job: i64) -> pb::JobUpdate {
+        pb::JobUpdate {
+            job_id: job,
+            attempt: 1,
+            update: Some(pb::job_update::Update::Log(pb::JobLog {
+                text: "epoch 1".into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn live_log_lines_are_dropped_while_the_coordinator_is_away() {
+        let mut o = Outbox::default();
+        o.push(log(1));
+        o.push(started(1));
+        let (hello, _) = o.take_for_hello(Instant::now());
+        assert_eq!(
+            hello,
+            vec![started(1)],
+            "a reconnection does not replay log lines"
+        );
+        for _ in 0..MAX_QUEUED_FOR_LOGS {
+            o.push(started(2));
+        }
+        o.push(log(2));
+        o.push(finished(2));
+        assert_eq!(
+            o.len(),
+            MAX_QUEUED_FOR_LOGS + 1,
+            "the log line was not queued"
+        );
     }
 
     #[test]

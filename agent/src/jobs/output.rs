@@ -156,6 +156,20 @@ impl Tail {
         }
     }
 
+    /// The lines pushed since the last `take` (joined by `\n`), leaving
+    /// the tail empty; `None` when there are none. For the live log: each
+    /// batch of new lines is sent once.
+    pub fn take(&mut self) -> Option<String> {
+        if self.lines.is_empty() {
+            return None;
+        }
+        let text = self.text();
+        self.lines.clear();
+        self.bytes = 0;
+        self.last_was_redraw = false;
+        Some(text)
+    }
+
     /// The tail as one string, lines joined by `\n`.
     pub fn text(&self) -> String {
         self.lines
@@ -251,5 +265,21 @@ mod tests {
             "{}",
             &tail.text()[tail.text().len() - 40..]
         );
+    }
+
+    #[test]
+    fn take_hands_out_each_batch_of_lines_once() {
+        let mut s = LineSplitter::new();
+        let mut live = Tail::new(100);
+        assert_eq!(live.take(), None);
+        for l in s.feed(b"epoch 1\nbar 10%\rbar 90%\n") {
+            live.push(&l);
+        }
+        assert_eq!(live.take().as_deref(), Some("epoch 1\nbar 90%"));
+        assert_eq!(live.take(), None);
+        for l in s.feed(b"epoch 2\n") {
+            live.push(&l);
+        }
+        assert_eq!(live.take().as_deref(), Some("epoch 2"));
     }
 }

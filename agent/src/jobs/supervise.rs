@@ -50,6 +50,11 @@ async fn write_log(log: &mut tokio::fs::File, written: &mut u64, max: u64, line:
 /// may take to read.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(5);
 
+/// New output lines go to the coordinator's live log every this many
+/// memory samples (of 500 ms), at most this many lines at a time.
+const LIVE_LOG_TICKS: u32 = 4;
+const LIVE_LOG_LINES: usize = 200;
+
 impl JobManager {
     /// The job was not run: its spec needs a newer agent. Not a failure of
     /// the job or of this agent.
@@ -221,6 +226,8 @@ impl JobManager {
         let mut cancelled = false;
         let mut kill_at: Option<tokio::time::Instant> = None;
         let mut sample = tokio::time::interval(Duration::from_millis(500));
+        let mut ticks = 0u32;
+        let mut live_log = Tail::new(LIVE_LOG_LINES);
         let mut lines_open = true;
         let status = loop {
             tokio::select! {
@@ -228,8 +235,11 @@ impl JobManager {
                     let Some((is_stdout, line)) = line else { lines_open = false; continue };
                     write_log(&mut log, &mut log_bytes, self.cfg.max_log_bytes, &line).await;
                     tail.push(&line);
-                    if !is_stdout || !line.is_whole() { continue; }
-                    match ChildEvent::parse_line(&line.text) {
+                    let event = (is_stdout && line.is_whole()).then(|| ChildEvent::parse_line(&line.text)).flatten();
+                    if !matches!(event, Some(Ok(_))) {
+                        live_log.push(&line);
+                    }
+                    match event {
                         Some(Ok(ChildEvent::Epoch(e))) => {
                             epochs_reported += 1;
                             peak = peak.max(Bytes(e.peak_gpu_memory_bytes));
@@ -276,6 +286,14 @@ impl JobManager {
                 }
                 _ = sample.tick() => {
                     peak = peak.max(self.sample_memory(pid, &a.gpu_uuid));
+                    ticks += 1;
+                    if ticks % LIVE_LOG_TICKS == 0 && let Some(text) = live_log.take() {
+                        self.report(pb::JobUpdate {
+                            job_id: a.job_id,
+                            attempt: a.attempt,
+                            update: Some(pb::job_update::Update::Log(pb::JobLog { text })),
+                        });
+                    }
                 }
             }
         };
@@ -350,6 +368,7 @@ impl JobManager {
                 outcome: pb::job_finished::Outcome::Succeeded as i32,
                 peak_gpu_memory_bytes: peak.get(),
                 outputs,
+                log_tail,
                 ..Default::default()
             },
             Err(e) => pb::JobFinished {

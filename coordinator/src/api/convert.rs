@@ -376,6 +376,7 @@ pub fn job_update(u: pb::JobUpdate) -> am::JobUpdate {
                 elapsed_seconds: m.elapsed_seconds,
             }),
             Update::Finished(f) => am::Update::Finished(job_finished(f)),
+            Update::Log(l) => am::Update::Log(l.text),
         }),
     }
 }

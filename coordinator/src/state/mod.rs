@@ -10,8 +10,10 @@
 //! no lock (reading blobs, ensembling, rendering) runs outside it.
 
 mod agent_session;
+mod live_logs;
 
 pub use agent_session::{AgentSession, AgentTx, Assignment, Health, SentJob, ToAgent};
+pub use live_logs::LiveLogs;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -64,6 +66,8 @@ pub struct Core {
     pub usage: Accumulator,
     /// When the usage history was last downsampled and pruned.
     pub usage_maintained_ms: i64,
+    /// The output of running jobs, for the dashboard's live log tail.
+    pub live_logs: LiveLogs,
 }
 
 /// Something a live view may want to show again: sent to the dashboard's
@@ -130,6 +134,7 @@ impl Core {
     ) -> Result<Finished> {
         let reason = requeue_reason(&outcome);
         let done = self.store.finish(job, attempt, agent, outcome, now_ms)?;
+        self.live_logs.remove(job);
         if let (Some(started), true) = (done.job.started_at_ms, done.job.attempt == attempt) {
             self.metrics.ran((now_ms - started) as f64 / 1000.0);
         }
@@ -221,6 +226,7 @@ impl CoordinatorHandle {
                 metrics: metrics.clone(),
                 usage: Accumulator::default(),
                 usage_maintained_ms: 0,
+                live_logs: LiveLogs::default(),
             })),
             changes: broadcast::channel(4096).0,
             metrics,

@@ -45,7 +45,11 @@ pub struct AssignmentInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Exited 0 and its outputs are stored (the caller checked them).
-    Succeeded { peak: Bytes, gpu_seconds: f64 },
+    Succeeded {
+        peak: Bytes,
+        gpu_seconds: f64,
+        log_tail: String,
+    },
     /// Uses up a retry; `failed` once the retries are used up.
     Failed {
         error: String,
@@ -355,7 +359,11 @@ impl Store {
             |r| r.get(0),
         )?;
         let (peak, gpu_seconds, error, log_tail) = match &outcome {
-            Outcome::Succeeded { peak, gpu_seconds } => (*peak, *gpu_seconds, "", ""),
+            Outcome::Succeeded {
+                peak,
+                gpu_seconds,
+                log_tail,
+            } => (*peak, *gpu_seconds, "", log_tail.as_str()),
             Outcome::Failed {
                 error,
                 log_tail,
@@ -391,7 +399,13 @@ impl Store {
             ],
         )?;
         let (to, reason) = match &outcome {
-            Outcome::Succeeded { .. } => (JobState::Succeeded, "outputs stored".to_string()),
+            Outcome::Succeeded { .. } => {
+                tx.execute(
+                    "UPDATE jobs SET log_tail = ?2 WHERE id = ?1",
+                    params![job.0, log_tail],
+                )?;
+                (JobState::Succeeded, "outputs stored".to_string())
+            }
             Outcome::Failed { error, .. } => {
                 let failures = j.failures + 1;
                 tx.execute(
@@ -642,11 +656,16 @@ mod tests {
                 Outcome::Succeeded {
                     peak: Bytes::from_gib(3),
                     gpu_seconds: 5.0,
+                    log_tail: "epoch 10: done".into(),
                 },
                 20,
             )
             .unwrap();
         assert_eq!(done.job.state, JobState::Succeeded);
+        assert_eq!(
+            done.job.log_tail, "epoch 10: done",
+            "a success keeps its log tail"
+        );
         assert_eq!(done.sweep_finished, None, "job 2 is still queued");
         assert_eq!(
             store.learned_peaks().unwrap(),
@@ -663,6 +682,7 @@ mod tests {
                 Outcome::Succeeded {
                     peak: Bytes(0),
                     gpu_seconds: 0.0,
+                    log_tail: String::new(),
                 },
                 40,
             )

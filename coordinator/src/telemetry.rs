@@ -8,7 +8,7 @@ use crate::config::UsageConfig;
 use crate::error::Result;
 use crate::metrics::{GpuGauge, Scrape};
 use crate::state::{CoordinatorHandle, Core, now_ms};
-use crate::usage::UsageRow;
+use crate::usage::{Closed, UsageRow};
 
 impl CoordinatorHandle {
     /// Everything `/metrics` shows, rendered.
@@ -71,7 +71,7 @@ impl Core {
         let closed = self.usage.observe(agent, gpus, now_ms);
         let result = (|| -> Result<()> {
             if !closed.is_empty() {
-                let jobs: Vec<i64> = closed.iter().flat_map(|c| c.jobs.keys().copied()).collect();
+                let jobs: Vec<i64> = closed.iter().flat_map(Closed::jobs).collect();
                 let owners = self.store.job_owners(&jobs)?;
                 let rows: Vec<UsageRow> = closed
                     .into_iter()
@@ -108,7 +108,7 @@ impl CoordinatorHandle {
         self.with_core(move |core| {
             let mut rows = core.store.usage_since(since)?;
             let open = core.usage.open_buckets();
-            let jobs: Vec<i64> = open.iter().flat_map(|c| c.jobs.keys().copied()).collect();
+            let jobs: Vec<i64> = open.iter().flat_map(Closed::jobs).collect();
             let owners = core.store.job_owners(&jobs)?;
             rows.extend(
                 open.into_iter()

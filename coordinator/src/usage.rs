@@ -32,24 +32,47 @@ pub struct UsageRow {
     pub owners: BTreeMap<String, u64>,
 }
 
-/// A bucket that has ended: its row (owners still empty) and the peak
-/// memory of each sweepfold job seen in it, for the caller to resolve.
+/// A bucket that has ended: its row (owners still empty) and the memory of
+/// the sweepfold jobs at each distinct reading in it, for the caller to
+/// resolve. Readings, not per-job peaks: two jobs that ran one after the
+/// other in the same minute never held their memory at once.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Closed {
     pub row: UsageRow,
-    pub jobs: BTreeMap<i64, u64>,
+    pub readings: Vec<BTreeMap<i64, u64>>,
 }
 
+/// Readings kept per bucket; beyond it the last one keeps the maximum (a
+/// bucket of one minute with heartbeats every few seconds stays below).
+const MAX_READINGS: usize = 64;
+
 impl Closed {
-    /// The row with each job's memory added to its owner's (`owner_of`
-    /// gives None for a job the store no longer knows: counted as foreign).
+    /// Every job seen in the bucket.
+    pub fn jobs(&self) -> impl Iterator<Item = i64> + '_ {
+        self.readings.iter().flat_map(|r| r.keys().copied())
+    }
+
+    /// The row with each owner's peak: the most memory their jobs held at
+    /// one reading (`owner_of` gives None for a job the store no longer
+    /// knows: counted as foreign).
     pub fn resolve(mut self, owner_of: impl Fn(i64) -> Option<String>) -> UsageRow {
-        for (job, bytes) in self.jobs {
-            match owner_of(job) {
-                Some(owner) => *self.row.owners.entry(owner).or_default() += bytes,
-                None => self.row.foreign_bytes += bytes,
+        let mut unknown_peak = 0u64;
+        for reading in &self.readings {
+            let mut by_owner: BTreeMap<String, u64> = BTreeMap::new();
+            let mut unknown = 0u64;
+            for (&job, &bytes) in reading {
+                match owner_of(job) {
+                    Some(owner) => *by_owner.entry(owner).or_default() += bytes,
+                    None => unknown += bytes,
+                }
             }
+            for (owner, bytes) in by_owner {
+                let peak = self.row.owners.entry(owner).or_default();
+                *peak = (*peak).max(bytes);
+            }
+            unknown_peak = unknown_peak.max(unknown);
         }
+        self.row.foreign_bytes += unknown_peak;
         self.row
     }
 }
@@ -82,7 +105,7 @@ impl Accumulator {
                     span_ms: DETAIL_SPAN_MS,
                     ..UsageRow::default()
                 },
-                jobs: BTreeMap::new(),
+                readings: Vec::new(),
             });
             let row = &mut bucket.row;
             row.uuid.clone_from(&g.uuid);
@@ -96,9 +119,21 @@ impl Accumulator {
                 .map(|p| p.used_memory_bytes)
                 .sum();
             row.foreign_bytes = row.foreign_bytes.max(foreign);
+            let mut reading: BTreeMap<i64, u64> = BTreeMap::new();
             for p in g.processes.iter().filter(|p| p.job_id > 0) {
-                let peak = bucket.jobs.entry(p.job_id).or_default();
-                *peak = (*peak).max(p.used_memory_bytes);
+                *reading.entry(p.job_id).or_default() += p.used_memory_bytes;
+            }
+            if bucket.readings.last() == Some(&reading) || reading.is_empty() {
+                continue;
+            }
+            if bucket.readings.len() >= MAX_READINGS {
+                let last = bucket.readings.last_mut().expect("full");
+                for (job, bytes) in reading {
+                    let peak = last.entry(job).or_default();
+                    *peak = (*peak).max(bytes);
+                }
+            } else {
+                bucket.readings.push(reading);
             }
         }
         closed
@@ -208,6 +243,27 @@ mod tests {
         assert_eq!(row.used_bytes, 9 << 30);
         assert_eq!(row.foreign_bytes, 2 << 30);
         assert_eq!(row.owners.get("ana"), Some(&(5 << 30)));
+    }
+
+    #[test]
+    fn jobs_one_after_the_other_in_a_minute_do_not_add_up() {
+        // Seen in the browser test: job 1 (3 GiB) ended and job 4 (3 GiB)
+        // started on the same GPU within one minute; ana held 3 GiB, not 6.
+        let mut acc = Accumulator::default();
+        let t0 = 10 * DETAIL_SPAN_MS;
+        acc.observe("b", &[gpu(0, 3 << 30, &[(1, 3 << 30)])], t0);
+        acc.observe("b", &[gpu(0, 3 << 30, &[(4, 3 << 30)])], t0 + 20_000);
+        // Two of ana's jobs at once do add up.
+        acc.observe("b", &[gpu(0, 6 << 30, &[(4, 3 << 30), (5, 3 << 30)])], t0 + 40_000);
+        let closed = acc.observe("b", &[], t0 + DETAIL_SPAN_MS);
+        let row = closed.into_iter().next().unwrap().resolve(|_| Some("ana".into()));
+        assert_eq!(row.owners["ana"], 6 << 30);
+        let mut acc = Accumulator::default();
+        acc.observe("b", &[gpu(0, 3 << 30, &[(1, 3 << 30)])], t0);
+        acc.observe("b", &[gpu(0, 3 << 30, &[(4, 3 << 30)])], t0 + 20_000);
+        let closed = acc.observe("b", &[], t0 + DETAIL_SPAN_MS);
+        let row = closed.into_iter().next().unwrap().resolve(|_| Some("ana".into()));
+        assert_eq!(row.owners["ana"], 3 << 30);
     }
 
     #[test]

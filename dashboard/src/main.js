@@ -54,6 +54,12 @@ const ago = (ms) => {
   if (s < 86400) return `${Math.round(s / 3600)}h ago`;
   return `${Math.round(s / 86400)}d ago`;
 };
+/** A GiB axis from 0 to (at least) a GPU's whole memory in round steps. */
+const gibScale = (totalBytes) => {
+  const gib = Math.max(1, Math.ceil(totalBytes / 2 ** 30));
+  const step = [1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 40, 50, 64, 100].find((s) => gib / s <= 5) ?? Math.ceil(gib / 5);
+  return { min: 0, max: Math.ceil(gib / step) * step, interval: step };
+};
 const badge = (s) => h("span", { class: `state ${s}` }, s);
 const paramText = (p) =>
   p && typeof p === "object"
@@ -488,14 +494,17 @@ function jobPage(id) {
       const data = current.filter((e) => e[key] !== null).map((e) => [e.epoch, e[key]]);
       return data.length ? { name: key, type: "line", yAxisIndex: axis, data } : null;
     };
+    const series = [line("train_loss", 0), line("val_loss", 0), line("val_accuracy", 1)].filter(Boolean);
+    // A metric the job did not report has no line, and no axis either.
+    const hasLoss = series.some((s) => s.yAxisIndex === 0);
     c.setOption({
       animation: false,
       tooltip: { trigger: "axis" },
       legend: { top: 0 },
       grid: { left: 60, right: 60, top: 40, bottom: 40 },
       xAxis: { type: "value", name: "epoch", nameLocation: "middle", nameGap: 25, minInterval: 1 },
-      yAxis: [{ type: "value", name: "loss", scale: true }, { type: "value", name: "accuracy", scale: true }],
-      series: [line("train_loss", 0), line("val_loss", 0), line("val_accuracy", 1)].filter(Boolean),
+      yAxis: [{ type: "value", name: "loss", scale: true, show: hasLoss }, { type: "value", name: "accuracy", scale: true }],
+      series,
     }, { replaceMerge: ["series"] });
   }
   return { load, onChange: (c) => c.all || (page && c.jobs.includes(page.job.id)) };
@@ -556,7 +565,7 @@ function clusterPage() {
         tooltip: { trigger: "axis", axisPointer: { type: "shadow" }, valueFormatter: (v) => `${Number(v).toFixed(2)} GiB` },
         legend: { top: 0 },
         grid: { left: 170, right: 30, top: 30, bottom: 25 },
-        xAxis: { type: "value", name: "GiB", max: Math.ceil(Math.max(...gpus.map((g) => g.total_bytes / 2 ** 30))) },
+        xAxis: { type: "value", name: "GiB", ...gibScale(Math.max(...gpus.map((g) => g.total_bytes))) },
         yAxis: { type: "category", data: labels },
         series,
       }, { notMerge: true });
@@ -599,7 +608,7 @@ function clusterPage() {
         legend: { top: 0 },
         grid: { left: 50, right: 20, top: 30, bottom: 30 },
         xAxis: { type: "time" },
-        yAxis: { type: "value", name: "GiB", max: Math.ceil(Math.max(...rs.map((r) => r.total_bytes)) / 2 ** 30) },
+        yAxis: { type: "value", name: "GiB", ...gibScale(Math.max(...rs.map((r) => r.total_bytes))) },
         series,
       });
     }

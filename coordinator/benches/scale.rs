@@ -6,7 +6,8 @@
 //!
 //! `cargo bench -p coordinator --bench scale` (a benchmark binary, not a
 //! timed test). Sizes: SCALE_AGENTS (1000), SCALE_JOBS (100000),
-//! SCALE_RUN_MS (500..2000 ms per job, as `MIN..MAX`).
+//! SCALE_RUN_MS (500..2000 ms per job, as `MIN..MAX`); SCALE_HTTP=ADDR
+//! also serves the dashboard and /metrics there.
 //!
 //! It reports: submit-to-start latency p50/p99 with free devices (250 jobs
 //! in 50 small sweeps), the assignment rate while draining SCALE_JOBS
@@ -260,7 +261,12 @@ fn start_coordinator(data: &std::path::Path, port: u16, log: &std::path::Path) -
         .env("SWEEPFOLD_COORDINATOR_HEARTBEAT_INTERVAL_MS", "1000")
         .env("SWEEPFOLD_COORDINATOR_LEASE_MS", "15000")
         .env("SWEEPFOLD_COORDINATOR_MIN_FREE_BYTES", "1MiB")
-        .env("SWEEPFOLD_COORDINATOR_HTTP", "")
+        // SCALE_HTTP=ADDR serves the dashboard too (bench/dashboard.sh
+        // opens 50 of them on the running sweep); off by default.
+        .env(
+            "SWEEPFOLD_COORDINATOR_HTTP",
+            std::env::var("SCALE_HTTP").unwrap_or_default(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())

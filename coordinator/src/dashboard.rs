@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::Serialize;
 use sweepfold_common::search::Dimension;
@@ -280,11 +281,15 @@ struct Cached {
     results: std::result::Result<Arc<Vec<ConfigResult>>, String>,
 }
 
+/// One shared view: the JSON last computed and when its computation began.
+type SharedSlot = Arc<tokio::sync::Mutex<Option<(Instant, Arc<Vec<u8>>)>>>;
+
 /// The dashboard's reads, with the leaderboards they need remembered.
 #[derive(Clone)]
 pub struct Dashboard {
     handle: CoordinatorHandle,
     leaderboards: Arc<Mutex<HashMap<SweepId, Cached>>>,
+    shared: Arc<Mutex<HashMap<String, SharedSlot>>>,
 }
 
 impl Dashboard {
@@ -292,7 +297,49 @@ impl Dashboard {
         Dashboard {
             handle,
             leaderboards: Arc::default(),
+            shared: Arc::default(),
         }
+    }
+
+    /// The view named `key` as JSON, computed once for every request that
+    /// arrives while it is being computed: fifty open dashboards that
+    /// refresh on the same change event cost the coordinator one read of
+    /// the state, not fifty. Never stale: a request only takes a result
+    /// whose computation began after the request arrived. Views shared
+    /// this way must not depend on who asks.
+    pub async fn shared_json<T, F>(
+        &self,
+        key: String,
+        compute: impl FnOnce() -> F,
+    ) -> Result<Arc<Vec<u8>>>
+    where
+        T: Serialize,
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let asked = Instant::now();
+        let slot = {
+            let mut shared = self.shared.lock().expect("shared views");
+            // Bounded: one slot per sweep page and the list; forget them
+            // all now and then rather than track which are still wanted.
+            if shared.len() > 1024 {
+                shared.clear();
+            }
+            shared.entry(key).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some((began, json)) = slot.as_ref()
+            && *began >= asked
+        {
+            return Ok(json.clone());
+        }
+        let began = Instant::now();
+        let view = compute().await?;
+        let json = Arc::new(
+            serde_json::to_vec(&view)
+                .map_err(|e| Error::Internal(format!("cannot serialise a dashboard view: {e}")))?,
+        );
+        *slot = Some((began, json.clone()));
+        Ok(json)
     }
 
     pub fn handle(&self) -> &CoordinatorHandle {

@@ -254,15 +254,27 @@ mod tests {
         acc.observe("b", &[gpu(0, 3 << 30, &[(1, 3 << 30)])], t0);
         acc.observe("b", &[gpu(0, 3 << 30, &[(4, 3 << 30)])], t0 + 20_000);
         // Two of ana's jobs at once do add up.
-        acc.observe("b", &[gpu(0, 6 << 30, &[(4, 3 << 30), (5, 3 << 30)])], t0 + 40_000);
+        acc.observe(
+            "b",
+            &[gpu(0, 6 << 30, &[(4, 3 << 30), (5, 3 << 30)])],
+            t0 + 40_000,
+        );
         let closed = acc.observe("b", &[], t0 + DETAIL_SPAN_MS);
-        let row = closed.into_iter().next().unwrap().resolve(|_| Some("ana".into()));
+        let row = closed
+            .into_iter()
+            .next()
+            .unwrap()
+            .resolve(|_| Some("ana".into()));
         assert_eq!(row.owners["ana"], 6 << 30);
         let mut acc = Accumulator::default();
         acc.observe("b", &[gpu(0, 3 << 30, &[(1, 3 << 30)])], t0);
         acc.observe("b", &[gpu(0, 3 << 30, &[(4, 3 << 30)])], t0 + 20_000);
         let closed = acc.observe("b", &[], t0 + DETAIL_SPAN_MS);
-        let row = closed.into_iter().next().unwrap().resolve(|_| Some("ana".into()));
+        let row = closed
+            .into_iter()
+            .next()
+            .unwrap()
+            .resolve(|_| Some("ana".into()));
         assert_eq!(row.owners["ana"], 3 << 30);
     }
 

@@ -266,13 +266,19 @@ struct Limit {
     limit: Option<u32>,
 }
 
+// The two views every open dashboard refreshes on each change: shared
+// between the requests that arrive together (see `Dashboard::shared_json`).
 async fn sweeps(State(http): State<Http>, headers: HeaderMap, q: Query<Limit>) -> Response {
     let limit = q.limit.unwrap_or(200).clamp(1, 1000);
-    read(&http, &headers, http.dashboard.sweeps(limit)).await
+    let d = http.dashboard.clone();
+    let view = d.shared_json(format!("sweeps?{limit}"), || d.sweeps(limit));
+    read_json(&http, &headers, view).await
 }
 
 async fn sweep(State(http): State<Http>, headers: HeaderMap, Path(s): Path<String>) -> Response {
-    read(&http, &headers, http.dashboard.sweep(s)).await
+    let d = http.dashboard.clone();
+    let view = d.shared_json(format!("sweep/{s}"), || d.sweep(s.clone()));
+    read_json(&http, &headers, view).await
 }
 
 #[derive(Deserialize)]
@@ -553,6 +559,25 @@ async fn read<T: serde::Serialize>(
     }
     match view.await {
         Ok(v) => Json(v).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+/// Like [`read`], for a view already serialised.
+async fn read_json(
+    http: &Http,
+    headers: &HeaderMap,
+    view: impl std::future::Future<Output = Result<Arc<Vec<u8>>>>,
+) -> Response {
+    if let Err(e) = http.who(headers, Access::Read) {
+        return error_response(e);
+    }
+    match view.await {
+        Ok(json) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            json.as_ref().clone(),
+        )
+            .into_response(),
         Err(e) => error_response(e),
     }
 }

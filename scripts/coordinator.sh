@@ -5,7 +5,8 @@
 #
 # Starts BIN_DIR/coordinator on a free loopback port with its store in
 # DATA_DIR and its log in LOG, adds its pid to the caller's `pids`, waits for
-# the address it logs and exports SWEEPFOLD_COORDINATOR (the CLI's address).
+# the address it logs and exports SWEEPFOLD_COORDINATOR (the CLI's address)
+# and SWEEPFOLD_DASHBOARD (the web dashboard's URL; empty with --http off).
 # Returns 1, with the log's end on stderr, if no address comes within 10 s.
 start_coordinator() {
     local bin_dir=$1 data_dir=$2 log=$3 addr=
@@ -22,4 +23,8 @@ start_coordinator() {
         return 1
     fi
     export SWEEPFOLD_COORDINATOR="http://$addr"
+    local http
+    http=$(sed -n 's/.*coordinator listening .* http=\([^ ]*\).*/\1/p' "$log")
+    [ "$http" = none ] && http=
+    export SWEEPFOLD_DASHBOARD=${http:+http://$http}
 }

@@ -22,6 +22,7 @@ trap cleanup EXIT
 source scripts/coordinator.sh
 start_coordinator "$bin" "$data" "$data/coordinator.log"
 echo "== coordinator on $SWEEPFOLD_COORDINATOR, data in $data"
+[ -n "$SWEEPFOLD_DASHBOARD" ] && echo "== dashboard: $SWEEPFOLD_DASHBOARD (open it to watch the sweep live)"
 
 if "$bin/agent" gpus >/dev/null 2>&1; then
     device=(); echo "== agent on this machine's GPUs"; "$bin/agent" gpus
@@ -66,3 +67,7 @@ echo "the submission uses greedy selection (Caruana), which keeps a member only 
 echo
 echo "submission: $PWD/$data/submission.csv ($(($(wc -l < "$data/submission.csv") - 1)) test rows)"
 echo "report:     $PWD/$data/report.html"
+if [ -n "$SWEEPFOLD_DASHBOARD" ] && [ -t 0 ]; then
+    echo "dashboard:  $SWEEPFOLD_DASHBOARD/sweeps/demo"
+    read -r -p "press Enter to stop the coordinator (and its dashboard) " _ || true
+fi

@@ -31,7 +31,7 @@ pub struct AgentConfig {
     pub cancel_grace_ms: u64,
     /// Longest wait between reconnection attempts.
     pub reconnect_max_ms: u64,
-    /// Lines of a failed job's log sent to the coordinator.
+    /// Lines of a job's log sent with its end-of-job report.
     pub log_tail_lines: usize,
     /// The most of a job's output kept in its log file (`job.log`); past it
     /// the output is still read, and left out.

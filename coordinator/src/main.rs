@@ -162,7 +162,7 @@ async fn serve(config: Option<PathBuf>, flags: Flags) -> anyhow::Result<()> {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)
                 .await
-                .with_context(|| format!("cannot listen on {a} (http, for /metrics; set --http or `http` in the config, \"\" for none)"))?,
+                .with_context(|| format!("cannot listen on {a} (http, for the dashboard and /metrics; set --http or `http` in the config, \"\" for none)"))?,
         ),
         None => None,
     };

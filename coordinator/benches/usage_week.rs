@@ -68,7 +68,8 @@ fn main() {
     let mut store = Store::open(dir.path()).unwrap();
     let mut acc = Accumulator::default();
     let owners = ["ana", "ben", "chen"];
-    let start = 1_800_000_000_000i64 - 1_800_000_000_000i64 % 3_600_000;
+    // An hour boundary (500,000 hours after the epoch), so the hourly rows line up.
+    let start = 1_800_000_000_000i64;
     let end = start + days * 24 * 3_600_000;
     let hour = 3_600_000;
     let mut maintained = start;

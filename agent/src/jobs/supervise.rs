@@ -287,7 +287,7 @@ impl JobManager {
                 _ = sample.tick() => {
                     peak = peak.max(self.sample_memory(pid, &a.gpu_uuid));
                     ticks += 1;
-                    if ticks % LIVE_LOG_TICKS == 0 && let Some(text) = live_log.take() {
+                    if ticks.is_multiple_of(LIVE_LOG_TICKS) && let Some(text) = live_log.take() {
                         self.report(pb::JobUpdate {
                             job_id: a.job_id,
                             attempt: a.attempt,

@@ -5,7 +5,10 @@
 #  2. the scale bench's coordinator (50 simulated agents, 5,000 jobs),
 #     run twice: alone, then with 50 dashboards open on it (clients.mjs):
 #     scheduler latency, assignment rate and coordinator CPU side by side;
-#  3. the GPU usage history after a simulated week of 4 agents.
+#  3. the GPU usage history after a simulated week of 4 agents;
+#  4. the static report at the competition's size (500 classes, 15k/10k
+#     rows, 4 configurations x 5 folds): render time in the coordinator
+#     and time to drawn charts in Chromium (5 loads).
 # Needs scripts/build-dashboard.sh (node_modules) and /usr/bin/chromium.
 # PARTS="2 3" runs only those parts.
 set -euo pipefail
@@ -17,7 +20,7 @@ cargo build --release -q -p coordinator --bin coordinator --benches
 bin=${CARGO_TARGET_DIR:-target}/release/coordinator
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-parts=" ${PARTS:-1 2 3} "
+parts=" ${PARTS:-1 2 3 4} "
 if [[ $parts == *" 1 "* ]]; then
 echo "== 1. a sweep page with 2,000 jobs and 100 configurations"
 DASHBOARD_FIXTURE_DIR="$d/data" cargo bench -q -p coordinator --bench dashboard_fixture
@@ -59,4 +62,10 @@ fi
 if [[ $parts == *" 3 "* ]]; then
 echo "== 3. usage history after a simulated week"
 cargo bench -q -p coordinator --bench usage_week
+fi
+
+if [[ $parts == *" 4 "* ]]; then
+echo "== 4. the static report with 500 classes"
+REPORT_OUT="$d/report-500.html" cargo bench -q -p coordinator --bench report_500
+(cd dashboard && REPORT="$d/report-500.html" SHOT="$root/target/report-500.png" node bench/report.mjs)
 fi

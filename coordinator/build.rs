@@ -1,5 +1,6 @@
 //! Bundles the dashboard (`dashboard/dist/`, built by
-//! `scripts/build-dashboard.sh`) into the binary. Without a built
+//! `scripts/build-dashboard.sh`) and the static report's chart script
+//! (`dashboard/dist/report.js`) into the binary. Without a built
 //! dashboard the coordinator still builds; its pages then say how to
 //! build the dashboard.
 
@@ -67,4 +68,18 @@ fn main() {
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
     std::fs::write(out.join("dashboard_assets.rs"), code).expect("write dashboard_assets.rs");
+
+    // The static report's chart script (dashboard/src/report.js, bundled
+    // into dist/report.js); without it reports keep their SVG charts.
+    let report = dist.join("report.js");
+    println!("cargo:rerun-if-changed={}", report.display());
+    let code = if report.is_file() {
+        format!(
+            "static REPORT_SCRIPT: Option<&str> = Some(include_str!({:?}));\n",
+            report.display().to_string()
+        )
+    } else {
+        "static REPORT_SCRIPT: Option<&str> = None;\n".to_string()
+    };
+    std::fs::write(out.join("report_script.rs"), code).expect("write report_script.rs");
 }

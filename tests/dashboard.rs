@@ -146,7 +146,7 @@ fn a_team_follows_a_sweep_in_the_browser() {
         "the browser test failed:\n{text}\ncoordinator log:\n{}",
         coord.log.all()
     );
-    for page in ["sweeps", "sweep", "job", "cluster", "unreachable"] {
+    for page in ["sweeps", "sweep", "job", "cluster", "unreachable", "report"] {
         let shot = shots.join(format!("{page}.png"));
         assert!(
             std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000),

@@ -1,13 +1,23 @@
 //! `coordinator report`: one self-contained HTML file (no network needed to
-//! view it) with SVG charts drawn here: learning curves, the leaderboard,
-//! the members' pairwise disagreement, per-class accuracy of the best
-//! member against the ensemble, and the ensemble's members and weights.
+//! view it): learning curves, the leaderboard, the members' pairwise
+//! disagreement, per-class accuracy of the best member against the
+//! ensemble, and the ensemble's members and weights.
+//!
+//! The charts are the dashboard's: the report carries their data as JSON
+//! and the dashboard's bundled `report.js` (ECharts with the options of
+//! `dashboard/src/charts.js`), inlined, draws them. Each chart also has an
+//! SVG drawn here, shown when the script is absent (a coordinator built
+//! without the dashboard) or cannot run.
 
 use std::fmt::Write as _;
 
 use crate::ensemble::{self, Outcome};
 use crate::oof::{ConfigResult, Loaded};
 use crate::store::CurvePoint;
+
+// `static REPORT_SCRIPT: Option<&str>`: `dashboard/dist/report.js`, when
+// the dashboard was built (see `build.rs`).
+include!(concat!(env!("OUT_DIR"), "/report_script.rs"));
 
 /// A categorical palette that stays readable for many series.
 const PALETTE: &[&str] = &[
@@ -253,6 +263,15 @@ pub fn heatmap(title: &str, labels: &[String], m: &[Vec<f64>]) -> String {
 /// classes and the classes it changed most. `support` is each class's
 /// number of training rows.
 pub fn per_class_chart(best: &[f64], ens: &[f64], support: &[usize], best_name: &str) -> String {
+    let mut s = per_class_svg(best, ens, best_name);
+    if best.len() > 40 {
+        s.push_str(&class_tables(best, ens, support));
+    }
+    s
+}
+
+/// The chart part of [`per_class_chart`].
+fn per_class_svg(best: &[f64], ens: &[f64], best_name: &str) -> String {
     let n = best.len();
     if n == 0 {
         return String::new();
@@ -357,7 +376,6 @@ pub fn per_class_chart(best: &[f64], ens: &[f64], support: &[usize], best_name: 
             );
         }
         s.push_str("</svg>");
-        s.push_str(&class_tables(best, ens, support));
         return s;
     }
     s.push_str("</svg>");
@@ -416,6 +434,46 @@ fn class_tables(best: &[f64], ens: &[f64], support: &[usize]) -> String {
     )
 }
 
+/// The report's charts: each is a `<figure>` holding its SVG fallback, and
+/// its data under the figure's id for `report.js` to draw.
+#[derive(Default)]
+struct Charts {
+    specs: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Charts {
+    fn figure(&mut self, html: &mut String, spec: serde_json::Value, fallback: &str) {
+        let id = format!("chart{}", self.specs.len());
+        let _ = write!(
+            html,
+            r#"<figure data-chart="{id}"><div class="fallback">{fallback}</div></figure>"#
+        );
+        self.specs.insert(id, spec);
+    }
+
+    /// The data and the script, when this coordinator has the script.
+    fn finish(self, html: &mut String) {
+        let Some(script) = REPORT_SCRIPT else { return };
+        if self.specs.is_empty() {
+            return;
+        }
+        let data = serde_json::json!({ "charts": self.specs }).to_string();
+        // Neither may end its <script> element early: `<\/` means `</`
+        // inside JSON strings and inside JavaScript strings and regexes.
+        let _ = write!(
+            html,
+            r#"<script type="application/json" id="report-data">{}</script><script>{}</script>"#,
+            data.replace("</", "<\\/"),
+            script.replace("</script", "<\\/script")
+        );
+    }
+}
+
+/// Whether reports draw their charts with the dashboard's script.
+pub fn interactive() -> bool {
+    REPORT_SCRIPT.is_some()
+}
+
 /// The whole report.
 pub fn render(
     title: &str,
@@ -435,6 +493,7 @@ th{{background:#f6f6f6}} td.l,th.l{{text-align:left}} .partial{{color:#888}}
 svg .t{{font-size:13px;font-weight:600}} svg .a{{font-size:11px;fill:#444}} .note{{color:#555;font-size:13px}}
 .big{{font-size:20px;font-weight:600}} h3{{font-size:14px;margin:12px 0 6px}}
 .pair{{display:flex;gap:32px;flex-wrap:wrap}}
+figure{{margin:0}} figure .echart{{width:100%;height:320px}} figure .caption{{font-size:13px;font-weight:600;margin:12px 0 0}}
 </style></head><body><h1>{t}</h1><p class="note">Generated {g}. Out-of-fold (OOF) accuracy puts every configuration's fold models together so each training row is predicted once, by the model that did not train on it.</p>"#,
         t = esc(title),
         g = esc(generated_at)
@@ -469,40 +528,58 @@ svg .t{{font-size:13px;font-weight:600}} svg .a{{font-size:11px;fill:#444}} .not
     }
     html.push_str("</table>");
     html.push_str("<h2>Learning curves (mean over folds)</h2>");
-    let series = |f: fn(&CurvePoint) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
-        curves
+    let mut charts = Charts::default();
+    for (title, y_label, metric, value) in [
+        (
+            "Validation accuracy",
+            "accuracy",
+            "val_accuracy",
+            (|p| p.val_accuracy) as fn(&CurvePoint) -> f64,
+        ),
+        ("Training loss", "loss", "train_loss", |p| p.train_loss),
+        ("Validation loss", "loss", "val_loss", |p| p.val_loss),
+    ] {
+        let series: Vec<(String, Vec<(f64, f64)>)> = curves
             .iter()
             .map(|(name, pts)| {
-                (
-                    name.clone(),
-                    pts.iter().map(|p| (f64::from(p.epoch), f(p))).collect(),
-                )
+                let pts = pts.iter().map(|p| (f64::from(p.epoch), value(p)));
+                (name.clone(), pts.collect())
             })
-            .collect()
-    };
-    html.push_str(&line_chart(
-        "Validation accuracy",
-        "accuracy",
-        &series(|p| p.val_accuracy),
-    ));
-    html.push_str(&line_chart(
-        "Training loss",
-        "loss",
-        &series(|p| p.train_loss),
-    ));
-    html.push_str(&line_chart(
-        "Validation loss",
-        "loss",
-        &series(|p| p.val_loss),
-    ));
+            .collect();
+        let fallback = line_chart(title, y_label, &series);
+        if !series
+            .iter()
+            .flat_map(|(_, p)| p)
+            .any(|(_, y)| y.is_finite())
+        {
+            // Not reported: said in words, with no chart to draw.
+            html.push_str(&fallback);
+            continue;
+        }
+        let spec = serde_json::json!({
+            "kind": "curves",
+            "title": title,
+            "metric": metric,
+            // A NaN (not reported, or a diverged run) becomes null: absent.
+            "series": series.iter().map(|(name, pts)| serde_json::json!({
+                "name": name,
+                "points": pts.iter().map(|&(x, y)| serde_json::json!([x, y])).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        });
+        charts.figure(&mut html, spec, &fallback);
+    }
     if loaded.members.len() > 1 {
         let labels: Vec<String> = loaded.members.iter().map(|m| m.name.clone()).collect();
         html.push_str("<h2>How often members disagree</h2><p class=\"note\">Share of training rows on which two members' OOF predictions differ. Accurate members that disagree often make the best ensembles.</p>");
-        html.push_str(&heatmap(
-            "Pairwise disagreement of OOF predictions (%)",
-            &labels,
-            &ensemble::disagreement(&loaded.members),
-        ));
+        let title = "Pairwise disagreement of OOF predictions (%)";
+        let matrix = ensemble::disagreement(&loaded.members);
+        let spec = serde_json::json!({
+            "kind": "disagreement",
+            "title": title,
+            "labels": labels,
+            "matrix": matrix,
+        });
+        charts.figure(&mut html, spec, &heatmap(title, &labels, &matrix));
     }
     if let Some(o) = outcome {
         let best = &loaded.members[o.best_member];
@@ -514,13 +591,26 @@ svg .t{{font-size:13px;font-weight:600}} svg .a{{font-size:11px;fill:#444}} .not
                 *n += 1;
             }
         }
-        html.push_str(&per_class_chart(
-            &ensemble::per_class_accuracy(&best.oof, targets),
-            &ensemble::per_class_accuracy(&o.oof, targets),
-            &support,
-            &best.name,
-        ));
+        let best_acc = ensemble::per_class_accuracy(&best.oof, targets);
+        let ens_acc = ensemble::per_class_accuracy(&o.oof, targets);
+        let spec = serde_json::json!({
+            "kind": "per_class",
+            "title": if best_acc.len() > 40 { "" } else { "Per-class accuracy: best member and ensemble" },
+            "best": best_acc,
+            "ensemble": ens_acc,
+            "support": support,
+            "best_name": best.name,
+        });
+        charts.figure(
+            &mut html,
+            spec,
+            &per_class_svg(&best_acc, &ens_acc, &best.name),
+        );
+        if best_acc.len() > 40 {
+            html.push_str(&class_tables(&best_acc, &ens_acc, &support));
+        }
     }
+    charts.finish(&mut html);
     html.push_str("</body></html>\n");
     html
 }
@@ -634,6 +724,43 @@ mod tests {
             changed.matches("<tr><td>").count(),
             2,
             "only changed classes"
+        );
+    }
+
+    #[test]
+    fn charts_carry_their_data_and_cannot_end_the_script_early() {
+        let mut html = String::new();
+        let mut charts = Charts::default();
+        let name = "</script><b>x";
+        let spec = serde_json::json!({
+            "kind": "curves",
+            "series": [{ "name": name, "points": [[1.0, f64::NAN], [2.0, 0.5]] }],
+        });
+        charts.figure(&mut html, spec, "<svg></svg>");
+        charts.finish(&mut html);
+        assert!(html.starts_with(
+            r#"<figure data-chart="chart0"><div class="fallback"><svg></svg></div></figure>"#
+        ));
+        if !interactive() {
+            // Built without the dashboard: the SVG is all there is.
+            assert!(!html.contains("<script"));
+            return;
+        }
+        assert_eq!(
+            html.matches("</script>").count(),
+            2,
+            "only the two elements' own ends"
+        );
+        let open = r#"<script type="application/json" id="report-data">"#;
+        let data = &html[html.find(open).unwrap() + open.len()..];
+        let data: serde_json::Value =
+            serde_json::from_str(&data[..data.find("</script>").unwrap()]).unwrap();
+        let series = &data["charts"]["chart0"]["series"][0];
+        assert_eq!(series["name"], name);
+        assert_eq!(
+            series["points"],
+            serde_json::json!([[1.0, null], [2.0, 0.5]]),
+            "a NaN is absent, never zero"
         );
     }
 }

@@ -18,6 +18,7 @@ import {
   TooltipComponent,
 } from "echarts/components";
 import { CanvasRenderer } from "echarts/renderers";
+import { PALETTE, curveOption } from "./charts.js";
 
 echarts.use([
   BarChart, LineChart, ParallelChart, DataZoomComponent, GridComponent, LegendComponent,
@@ -212,7 +213,6 @@ function disposeCharts() {
   charts.clear();
 }
 
-const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"];
 
 // ---------------------------------------------------------------- pages
 
@@ -337,7 +337,7 @@ function sweepPage(ref) {
       const data = pts.filter((p) => p[metric] !== null).map((p) => [p.epoch, p[metric]]);
       // A metric no fold reported is absent: no series, never zeros.
       if (!data.length) continue;
-      series.push({ name: `config ${config}`, type: "line", data, showSymbol: data.length < 40, color: PALETTE[config % PALETTE.length] });
+      series.push({ name: `config ${config}`, data, color: PALETTE[config % PALETTE.length] });
     }
     // How many mean points are drawn (the browser test watches it grow).
     curveEl.dataset.points = String(series.reduce((n, s) => n + s.data.length, 0));
@@ -349,20 +349,11 @@ function sweepPage(ref) {
         byFold.get(p.fold).push([p.epoch, p[metric]]);
       }
       for (const [fold, data] of byFold) {
-        series.push({ name: `config ${board.selected} fold ${fold}`, type: "line", data, lineStyle: { type: "dashed", width: 1 }, symbolSize: 3 });
+        series.push({ name: `config ${board.selected} fold ${fold}`, data, dashed: true });
       }
     }
-    curves.setOption({
-      animation: false,
-      tooltip: { trigger: "axis", valueFormatter: (v) => (v === null ? "—" : Number(v).toFixed(4)) },
-      legend: { type: "scroll", top: 0 },
-      grid: { left: 60, right: 20, top: 40, bottom: 40 },
-      xAxis: { type: "value", name: "epoch", nameLocation: "middle", nameGap: 25, minInterval: 1 },
-      yAxis: { type: "value", name: metric, scale: true },
-      graphic: [],
-      title: series.length ? { show: false } : { show: true, text: `no ${metric} reported yet`, left: "center", top: "middle", textStyle: { color: "#6b7280", fontSize: 13, fontWeight: "normal" } },
-      series,
-    }, { replaceMerge: ["series"] });
+    // The same chart as the static report's (charts.js).
+    curves.setOption(curveOption(metric, series), { replaceMerge: ["series"] });
   }
 
   function drawParallel() {

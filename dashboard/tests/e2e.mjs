@@ -138,6 +138,14 @@ try {
   await page.getByText(/Cancelled \d+ job\(s\)\./).waitFor();
   await page.locator("#cancel:disabled").waitFor();
 
+  log("the sweep's HTML report draws the dashboard's charts");
+  await page.goto(`${BASE}/api/sweeps/${SWEEP}/report.html`);
+  await page.waitForFunction(() => document.body.dataset.charts === "drawn");
+  const drawn = await page.locator('figure[data-drawn="echarts"] svg').count();
+  if (drawn < 1) throw new Error("the report drew no chart");
+  if (await page.locator("figure .fallback").count()) throw new Error("a report chart kept its SVG fallback");
+  await page.screenshot({ path: `${SHOTS}/report.png`, fullPage: true });
+
   if (errors.length) throw new Error(`script errors in the page: ${errors.join("; ")}`);
   log("done");
 } catch (e) {

@@ -258,19 +258,8 @@ pub fn heatmap(title: &str, labels: &[String], m: &[Vec<f64>]) -> String {
 }
 
 /// Per-class accuracy, best member against the ensemble: grouped bars for
-/// up to 40 classes; otherwise a scatter (member across, ensemble up) and
-/// two tables that stay readable with 500 classes: the ensemble's worst
-/// classes and the classes it changed most. `support` is each class's
-/// number of training rows.
-pub fn per_class_chart(best: &[f64], ens: &[f64], support: &[usize], best_name: &str) -> String {
-    let mut s = per_class_svg(best, ens, best_name);
-    if best.len() > 40 {
-        s.push_str(&class_tables(best, ens, support));
-    }
-    s
-}
-
-/// The chart part of [`per_class_chart`].
+/// up to 40 classes; otherwise a scatter (member across, ensemble up). With
+/// that many classes `render` adds [`class_tables`] below it.
 fn per_class_svg(best: &[f64], ens: &[f64], best_name: &str) -> String {
     let n = best.len();
     if n == 0 {
@@ -663,9 +652,9 @@ mod tests {
             &[vec![0.0, 0.4], vec![0.4, 0.0]],
         );
         assert_eq!(h.matches("<rect").count(), 4);
-        let bars = per_class_chart(&[0.5, 1.0], &[0.6, 1.0], &[3, 3], "m");
+        let bars = per_class_svg(&[0.5, 1.0], &[0.6, 1.0], "m");
         assert_eq!(bars.matches("<rect").count(), 4);
-        let scatter = per_class_chart(&vec![0.5; 100], &vec![0.6; 100], &[4; 100], "m");
+        let scatter = per_class_svg(&vec![0.5; 100], &vec![0.6; 100], "m");
         assert_eq!(scatter.matches("<circle").count(), 100);
         assert!(
             scatter.contains("best member's accuracy") && scatter.contains("ensemble's accuracy")
@@ -708,7 +697,7 @@ mod tests {
         let mut ens = best.clone();
         ens[42] = 0.0; // the worst class
         ens[7] = best[7] + 0.4; // the biggest change
-        let html = per_class_chart(&best, &ens, &vec![30; n], "c0");
+        let html = class_tables(&best, &ens, &vec![30; n]);
         let worst = &html[html.find("worst classes").unwrap()..html.find("changed most").unwrap()];
         assert!(
             worst.contains(

@@ -18,7 +18,7 @@ import {
   TooltipComponent,
 } from "echarts/components";
 import { CanvasRenderer } from "echarts/renderers";
-import { PALETTE, curveOption } from "./charts.js";
+import { PALETTE, curveOption, emptyTitle } from "./charts.js";
 
 echarts.use([
   BarChart, LineChart, ParallelChart, DataZoomComponent, GridComponent, LegendComponent,
@@ -213,7 +213,6 @@ function disposeCharts() {
   charts.clear();
 }
 
-
 // ---------------------------------------------------------------- pages
 
 const app = () => document.getElementById("app");
@@ -368,7 +367,7 @@ function sweepPage(ref) {
     parallelAxis.push({ dim: axes.length, name: "OOF accuracy", type: "value", scale: true });
     parallel.setOption({
       animation: false,
-      title: complete.length ? { show: false } : { show: true, text: "no complete configuration yet", left: "center", top: "middle", textStyle: { color: "#6b7280", fontSize: 13, fontWeight: "normal" } },
+      title: emptyTitle(!complete.length, "no complete configuration yet"),
       parallel: { left: 50, right: 80, top: 40, bottom: 30 },
       parallelAxis,
       series: [{
